@@ -1,0 +1,137 @@
+# Data half of the pipeline: demo dataset -> extract (sharded) -> sections -> pair.
+
+
+checkpoint demo_data:
+    output:
+        truth=f"{ROOT}/demo_truth.json",
+    params:
+        cfg=lambda w: section("demo"),
+        n_patients=config["demo"].get("n_patients", 150),
+        seed=config["demo"].get("seed", 0),
+        chexpert=config["demo"].get("chexpert_per_class", 20),
+        convirt=config["demo"].get("convirt_per_class", 20),
+        rsna_test=config["demo"].get("rsna_test", 120),
+        rsna_val=config["demo"].get("rsna_val", 60),
+    log:
+        "logs/demo_data/demo_data.log",
+    benchmark:
+        "logs/demo_data/demo_data.bench.tsv"
+    resources:
+        runtime=30,
+        mem_mb=4000,
+    shell:
+        "{PY} -m alta.demo --out {ROOT} --n-patients {params.n_patients} --seed {params.seed}"
+        " --chexpert-per-class {params.chexpert} --convirt-per-class {params.convirt}"
+        " --rsna-test {params.rsna_test} --rsna-val {params.rsna_val} > {log} 2>&1"
+
+
+rule extract_shard:
+    input:
+        shard_input_files,
+    output:
+        images=f"{RES}/extract/shards/{{shard}}/images.parquet",
+        rejects=f"{RES}/extract/shards/{{shard}}/rejects.parquet",
+        store=f"{RES}/extract/shards/{{shard}}/store.u8",
+    params:
+        cfg=lambda w: section("extract"),
+        source=DATA["source"],
+        root=opt("--root", ROOT),
+        manifest=opt("--manifest", DATA.get("manifest")),
+        metadata=lambda w: opt("--metadata", _metadata_csv()),
+        render=config["extract"].get("render", "mimic_jpg"),
+        size=config["extract"].get("size", 512),
+        n_shards=config["extract"].get("n_shards", 10),
+        colour=config["extract"].get("colour", "luminance"),
+    threads: config["extract"].get("workers", 2)
+    log:
+        "logs/extract/{shard}.log",
+    benchmark:
+        "logs/extract/{shard}.bench.tsv"
+    resources:
+        runtime=240,
+        mem_mb=8000,
+    shell:
+        "{PY} -m alta.extract shard --source {params.source} {params.root} {params.manifest} {params.metadata}"
+        " --shard {wildcards.shard} --out {RES}/extract --render {params.render} --size {params.size}"
+        " --workers {threads} --n-shards {params.n_shards} --colour {params.colour} > {log} 2>&1"
+
+
+rule extract_merge:
+    input:
+        lambda w: expand(f"{RES}/extract/shards/{{shard}}/images.parquet", shard=shard_names()),
+        lambda w: expand(f"{RES}/extract/shards/{{shard}}/rejects.parquet", shard=shard_names()),
+    output:
+        images=f"{RES}/extract/images.parquet",
+        rejects=f"{RES}/extract/rejects.parquet",
+        stats=f"{RES}/extract/extract_stats.json",
+    params:
+        shards=lambda w: ",".join(shard_names()),
+    log:
+        "logs/extract/merge.log",
+    benchmark:
+        "logs/extract/merge.bench.tsv"
+    resources:
+        runtime=30,
+        mem_mb=8000,
+    shell:
+        "{PY} -m alta.extract merge --out {RES}/extract --shards {params.shards} > {log} 2>&1"
+
+
+rule sections:
+    input:
+        report_files,
+    output:
+        sections=f"{RES}/sections/sections.parquet",
+        rejects=f"{RES}/sections/rejects.parquet",
+        stats=f"{RES}/sections/sections_stats.json",
+    params:
+        cfg=lambda w: section("sections"),
+        source="manifest" if DATA["source"] == "manifest" else "mimic",
+        where=(
+            f"--manifest {DATA['manifest']}"
+            if DATA["source"] == "manifest"
+            else f"--root {ROOT}"
+        ),
+        text_source=config["sections"].get("text_source", "findings_impression"),
+        min_words=config["sections"].get("min_words", 3),
+        overrides=opt("--overrides", config["sections"].get("overrides")),
+    log:
+        "logs/sections/sections.log",
+    benchmark:
+        "logs/sections/sections.bench.tsv"
+    resources:
+        runtime=60,
+        mem_mb=8000,
+    shell:
+        "{PY} -m alta.sections --source {params.source} {params.where} --out {RES}/sections"
+        " --text-source {params.text_source} --min-words {params.min_words} {params.overrides} > {log} 2>&1"
+
+
+rule pair:
+    input:
+        images=rules.extract_merge.output.images,
+        sections=rules.sections.output.sections,
+        split=split_csv_input,
+    output:
+        pairs=f"{RES}/pair/pairs.parquet",
+        stats=f"{RES}/pair/pairs_stats.json",
+        train_csv=f"{RES}/pair/train.csv",
+        dropped=f"{RES}/pair/dropped.parquet",
+    params:
+        cfg=lambda w: section("pair"),
+        split=lambda w, input: opt("--split-csv", input.split[0] if input.split else None),
+        gap=opt("--max-prior-gap-days", config["pair"].get("max_prior_gap_days")),
+        val_frac=config["pair"].get("val_frac", 0.1),
+        test_frac=config["pair"].get("test_frac", 0.1),
+        seed=config["seed"],
+    log:
+        "logs/pair/pair.log",
+    benchmark:
+        "logs/pair/pair.bench.tsv"
+    resources:
+        runtime=30,
+        mem_mb=8000,
+    shell:
+        "{PY} -m alta.pair --images {input.images} --sections {input.sections} {params.split}"
+        " --out {RES}/pair {params.gap} --val-frac {params.val_frac} --test-frac {params.test_frac}"
+        " --seed {params.seed} > {log} 2>&1"
