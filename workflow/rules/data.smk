@@ -9,7 +9,7 @@ checkpoint demo_data:
         n_patients=config["demo"].get("n_patients", 150),
         seed=config["demo"].get("seed", 0),
         chexpert=config["demo"].get("chexpert_per_class", 20),
-        convirt=config["demo"].get("convirt_per_class", 20),
+        queries=config["demo"].get("image_queries", 3),
         rsna_test=config["demo"].get("rsna_test", 120),
         rsna_val=config["demo"].get("rsna_val", 60),
     log:
@@ -21,7 +21,7 @@ checkpoint demo_data:
         mem_mb=4000,
     shell:
         "{PY} -m alta.demo --out {ROOT} --n-patients {params.n_patients} --seed {params.seed}"
-        " --chexpert-per-class {params.chexpert} --convirt-per-class {params.convirt}"
+        " --chexpert-per-class {params.chexpert} --image-queries {params.queries}"
         " --rsna-test {params.rsna_test} --rsna-val {params.rsna_val} > {log} 2>&1"
 
 

@@ -1,0 +1,229 @@
+"""Stage ``evaluate``: score one or more models on every configured benchmark (evaluation.md).
+
+Inputs
+    ``--model NAME=CHECKPOINT`` (repeatable): ``mrm`` (an MRM checkpoint, evaluated as the ALTA model it
+    initialises, i.e. before alignment), ``align`` (our ALTA checkpoint) or ``official`` (an official ``ALTA.pth``);
+    ``--pairs``/``--images``/``--extract-dir`` for the held-out retrieval; ``--tokenizer``; ``--config-json`` (the
+    ``evaluate`` config section: benchmark file paths, RSNA rendering and prompts, prompt aggregation, batch size).
+Outputs (under ``--out``)
+    ``metrics/<model>/<benchmark>.json``: metrics plus the protocol record (file fingerprints, transform, prompts,
+    aggregation, counts, checkpoint hash, ``contamination_risk``); ``comparison.csv`` and ``report.md`` (one row per
+    model, one column per headline metric); ``plots/*.png`` (P@K bars, ROC curves, confusion matrices, a retrieval
+    example grid). Each model is one MLflow child run (tag ``alta.model``) so the UI compares models side by side.
+
+A benchmark runs when the config names its files; a missing benchmark is reported as skipped, never silently.
+Embeddings follow the inference path of method.md §2.10 (eval mode, fp32, no masking, current+frontal embeddings).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from alta import io, tracking
+from alta.evaluate import benchmarks as B
+from alta.evaluate import metrics as M
+from alta.evaluate import prompts as P
+from alta.evaluate import report as R
+from alta.evaluate.embedding import Embedder
+
+log = logging.getLogger("alta.evaluate")
+
+HEADLINE = {
+    "chexpert5x200": ["i2t_P@5", "i2t_P@10", "i2t_P@100", "zeroshot_acc"],
+    "chexpert8x200": ["t2i_P@5", "t2i_P@10", "t2i_P@50", "i2i_P@5", "i2i_P@10", "i2i_P@50"],
+    "rsna": ["auroc", "acc@0.5", "f1@0.5", "acc@val", "f1@val", "acc_cv10", "f1_cv10"],
+    "heldout": ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"],
+}
+
+
+def _valid_ks(ks, class_sizes) -> tuple[list[int], list[int]]:
+    """Split ks into those <= the smallest class (reportable, evaluation.md §6.3) and the skipped ones."""
+    cap = int(min(class_sizes))
+    return [k for k in ks if k <= cap], [k for k in ks if k > cap]
+
+
+def _precision(sim, q_labels, c_labels, ks, prefix, out):
+    ok, skipped = _valid_ks(ks, np.bincount(c_labels)[np.unique(q_labels)])
+    for k, v in M.precision_at_k(sim, q_labels, c_labels, ok).items():
+        out[f"{prefix}_P@{k}"] = v
+    if skipped:
+        out[f"{prefix}_skipped_K"] = skipped  # K above the class size is never reported (evaluation.md §6.3)
+
+
+def chexpert5x200(emb: Embedder, cfg: dict) -> dict:
+    """5x200 image-to-text P@5/10/100 and zero-shot accuracy (evaluation.md §1-2)."""
+    df = B.read_chexpert_5x200(cfg["chexpert_5x200"], image_root=cfg.get("chexpert_root"))
+    img = emb.images_from_files(df["path"])
+    txt = emb.texts(df["text_clean"].tolist(), P.TEXT_PROTOCOLS["chexpert5x200_i2t"])
+    labels = df["label"].to_numpy()
+    out: dict = {}
+    _precision(img @ txt.T, labels, labels, (5, 10, 100), "i2t", out)
+    prompts = P.chexpert5_prompts(cleaned=True)
+    proto = P.TEXT_PROTOCOLS["chexpert5x200_zeroshot"]
+    proj = {c: emb.texts(p, proto, normalize=False) for c, p in prompts.items()}
+    scores = P.class_scores(img, proj, aggregation=cfg.get("prompt_aggregation", "mean_embedding"))
+    zs = M.zero_shot_accuracy(scores, labels, class_names=list(prompts))
+    out.update(zeroshot_acc=zs["acc"], zeroshot_per_class=zs["per_class"], zeroshot_confusion=zs["confusion"])
+    out["protocol"] = {"benchmark": df.attrs.get("benchmark"), "aggregation": cfg.get("prompt_aggregation"),
+                       "prompt_counts": {c: len(p) for c, p in prompts.items()}, "n_queries": len(df),
+                       "text": emb.last_text_record}
+    return out
+
+
+def chexpert8x200(emb: Embedder, cfg: dict) -> dict:
+    """ConVIRT 8x200 text-to-image and image-to-image P@5/10/50 (evaluation.md §3)."""
+    sets = B.read_convirt(cfg["convirt_root"], image_root=cfg.get("chexpert_root"))
+    cand = emb.images_from_files(sets.candidates["path"])
+    c_labels = sets.candidates["label"].to_numpy()
+    out: dict = {}
+    tq = emb.texts(sets.text_queries["text"].tolist(), P.TEXT_PROTOCOLS["convirt_t2i"])
+    _precision(tq @ cand.T, sets.text_queries["label"].to_numpy(), c_labels, (5, 10, 50), "t2i", out)
+    iq = emb.images_from_files(sets.image_queries["path"])
+    _precision(iq @ cand.T, sets.image_queries["label"].to_numpy(), c_labels, (5, 10, 50), "i2i", out)
+    out["protocol"] = {"benchmark": sets.info, "n_candidates": len(cand), "n_text_queries": len(tq),
+                       "n_image_queries": len(iq), "text": emb.last_text_record}
+    return out
+
+
+def rsna(emb: Embedder, cfg: dict) -> dict:
+    """RSNA pneumonia zero-shot: AUROC, ACC/F1 at 0.5, val-tuned, and the reference 10-fold protocol (§4)."""
+    render = "reference_rsna" if cfg.get("rsna_render", "reference") == "reference" else "mimic_jpg"
+    pos, neg = P.rsna_prompts(cfg.get("rsna_prompts", "alta_1x1"))
+    proto = P.TEXT_PROTOCOLS["rsna"]
+    t_pos = P.mean_embedding(emb.texts(pos, proto, normalize=False))
+    t_neg = P.mean_embedding(emb.texts(neg, proto, normalize=False))
+
+    def probs(list_file):
+        df = B.read_rsna_list(list_file, image_root=cfg.get("rsna_root"))
+        v = emb.images_from_dicoms(df["path"], render)
+        s_pos, s_neg = P.binary_prompt_scores(v, t_pos[None], t_neg[None])
+        return df, M.pneumonia_probability(np.ravel(s_pos), np.ravel(s_neg))
+
+    test, p_test = probs(cfg["rsna_test_list"])
+    val, p_val = probs(cfg["rsna_val_list"]) if cfg.get("rsna_val_list") else (None, None)
+    out = M.rsna_report(test["label"].to_numpy(), p_test, None if val is None else val["label"].to_numpy(), p_val)
+    out["roc_points"] = R.roc_points(test["label"].to_numpy(), p_test)
+    out["protocol"] = {"test": test.attrs.get("benchmark"), "val": None if val is None else val.attrs.get("benchmark"),
+                       "render": render, "prompts": cfg.get("rsna_prompts", "alta_1x1"), "text": emb.last_text_record}
+    return out
+
+
+def heldout(emb: Embedder, cfg: dict, pairs_path: str, images_path: str, extract_dir: str) -> dict:
+    """Instance-level Recall@K both directions on the held-out split, duplicate texts merged (§5)."""
+    pairs = io.read_parquet(pairs_path)
+    split = cfg.get("heldout_split", "test")
+    rows = pairs[pairs["split"] == split].copy()
+    if rows.empty:
+        raise ValueError(f"{pairs_path}: no rows in split {split!r} for held-out retrieval")
+    # canonical current frontal per study: PA before AP, then the smallest dicom_id
+    rows["_pa"] = (rows["view_position"] != "PA").astype(int)
+    rows = rows.sort_values(["study_id", "_pa", "dicom_id"]).drop_duplicates("study_id")
+    img = emb.images_from_store(rows["dicom_id"].tolist(), images_path, extract_dir)
+    texts = rows["text"].tolist()
+    txt = emb.texts(texts, P.TEXT_PROTOCOLS["mimic_recall"])
+    groups, positives = M.duplicate_positive_sets(texts)
+    sim = img @ txt.T
+    out: dict = {}
+    for direction, s in (("i2t", sim), ("t2i", sim.T)):
+        r = M.recall_at_k(s, positives, ks=(1, 5, 10, 50))
+        out.update({f"{direction}_{k}": v for k, v in r.items() if k.startswith("R@") or k == "MedR"})
+    n = len(rows)
+    out.update({"n_studies": n, "n_unique_texts": int(len(set(groups))), "pool_size": n,
+                "chance_R@5": min(1.0, 5 / n), "chance_R@1": 1 / n})
+    out["examples"] = R.retrieval_examples(sim, rows["dicom_id"].tolist(), texts, k=3, n=4)
+    out["protocol"] = {"split": split, "pairs": io.sha256_file(pairs_path), "ties": "pessimistic",
+                       "text": emb.last_text_record}
+    return out
+
+
+def benchmarks_to_run(cfg: dict) -> dict[str, str | None]:
+    """Benchmark -> None when runnable, else the reason it is skipped (missing config keys or files)."""
+    need = {"chexpert5x200": ["chexpert_5x200", "chexpert_root"], "chexpert8x200": ["convirt_root", "chexpert_root"],
+            "rsna": ["rsna_test_list", "rsna_root"], "heldout": []}
+    status: dict[str, str | None] = {}
+    for name, keys in need.items():
+        missing = [k for k in keys if not cfg.get(k)]
+        absent = [cfg[k] for k in keys if cfg.get(k) and not Path(cfg[k]).exists()]
+        status[name] = (f"config keys not set: {missing}" if missing else
+                        f"files not found: {absent}" if absent else None)
+    return status
+
+
+def evaluate_model(name: str, ckpt: str, args, cfg: dict) -> dict[str, dict]:
+    emb = Embedder.from_checkpoint(name, ckpt, tokenizer_dir=args.tokenizer, text_dir=cfg.get("text_dir"),
+                                   batch_size=cfg.get("batch_size", 64))
+    results: dict[str, dict] = {}
+    status = benchmarks_to_run(cfg)
+    params = {**cfg, "model": name, "checkpoint": ckpt}
+    with tracking.stage_run("evaluate", params=params, out_dir=Path(args.out) / "metrics" / name,
+                            run_name=f"evaluate:{name}") as run:
+        run.set_tags({"alta.model": name, "alta.checkpoint_sha256": emb.checkpoint_sha256,
+                      "alta.preset": emb.preset})
+        for bench, skip in status.items():
+            if skip:
+                log.warning("%s: skipping %s (%s)", name, bench, skip)
+                results[bench] = {"skipped": skip}
+                continue
+            log.info("%s: %s", name, bench)
+            fn = {"chexpert5x200": chexpert5x200, "chexpert8x200": chexpert8x200, "rsna": rsna}.get(bench)
+            res = fn(emb, cfg) if fn else heldout(emb, cfg, args.pairs, args.images, args.extract_dir)
+            res["model"] = {"name": name, "checkpoint": ckpt, **emb.describe()}
+            io.write_json(Path(args.out) / "metrics" / name / f"{bench}.json", _finite(res))
+            results[bench] = res
+            run.log_metrics({f"{bench}.{k}": v for k, v in res.items() if _is_number(v)})
+    return results
+
+
+def _is_number(v) -> bool:
+    return isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool) and np.isfinite(v)
+
+
+def _finite(obj):
+    """NaN/inf -> None so metric files are strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not np.isfinite(obj):
+        return None
+    return obj
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="alta evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT",
+                    help="model to score: mrm=..., align=..., official=... (repeatable)")
+    ap.add_argument("--pairs", required=True, help="pairs.parquet (held-out retrieval)")
+    ap.add_argument("--images", required=True, help="images.parquet (packed-store index)")
+    ap.add_argument("--extract-dir", required=True, help="extract output folder holding the packed stores")
+    ap.add_argument("--tokenizer", required=True, help="tokenizer directory saved with the run")
+    ap.add_argument("--out", required=True, help="output folder (metrics/, plots/, comparison.csv, report.md)")
+    ap.add_argument("--config-json", default="{}", help="the evaluate config section as JSON")
+    args = ap.parse_args(argv)
+    cfg = json.loads(args.config_json)
+    torch.set_grad_enabled(False)
+    models = dict(m.split("=", 1) for m in args.model)
+    all_results = {name: evaluate_model(name, ckpt, args, cfg) for name, ckpt in models.items()}
+    table = R.comparison_table(all_results, HEADLINE)
+    out = Path(args.out)
+    io.write_text(out / "comparison.csv", table.to_csv(index=False))
+    plots = R.write_plots(all_results, out / "plots")
+    io.write_text(out / "report.md", R.markdown_report(all_results, table, plots, HEADLINE))
+    with tracking.stage_run("evaluate", params=cfg, out_dir=out, run_name="evaluate:comparison") as run:
+        run.set_tags({"alta.model": "comparison"})
+        for p in [out / "comparison.csv", out / "report.md", out / "plots"]:
+            run.log_artifact(p)
+    print(table.to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

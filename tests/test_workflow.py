@@ -1,0 +1,108 @@
+"""The Snakefile end to end on the demo: outputs, counts, MLflow nesting, privacy, idempotent reruns."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import snakemake
+from alta import tracking
+
+pytestmark = pytest.mark.slow
+
+
+def planned_jobs(work: Path, *args: str) -> dict[str, int]:
+    """Rules a dry run would execute, with counts (parsed from Snakemake's job-stats table)."""
+    out = snakemake(work, "-n", *args).stdout
+    jobs: dict[str, int] = {}
+    if "Job stats:" in out:
+        table = out.split("Job stats:", 1)[1].splitlines()[3:]
+        for line in table:
+            m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+            if not m:
+                break
+            if m.group(1) != "total":
+                jobs[m.group(1)] = int(m.group(2))
+    return jobs
+
+
+def test_outputs_and_counts(demo_workflow):
+    work, _ = demo_workflow
+    res = work / "results"
+    for rel in ["extract/images.parquet", "extract/rejects.parquet", "sections/sections.parquet",
+                "pair/pairs.parquet", "pair/pairs_stats.json", "pair/train.csv", "mrm/checkpoint.pt",
+                "align/checkpoint.pt", "evaluate/report.md", "evaluate/comparison.csv"]:
+        assert (res / rel).exists(), rel
+    n_dicoms = len(list((res / "demo_data" / "files").rglob("*.dcm")))
+    images = pd.read_parquet(res / "extract" / "images.parquet")
+    rejects = pd.read_parquet(res / "extract" / "rejects.parquet")
+    assert len(images) + len(rejects) == n_dicoms
+    pairs = pd.read_parquet(res / "pair" / "pairs.parquet")
+    dropped = pd.read_parquet(res / "pair" / "dropped.parquet")
+    assert len(pairs) + len(dropped) == len(images)
+    assert pairs["cl_path"].notna().any() and pairs["pf_path"].notna().any() and pairs["pl_path"].notna().any()
+
+
+def test_mlflow_parent_and_children(demo_workflow, mlflow_uri):
+    work, _ = demo_workflow
+    client = tracking._client(mlflow_uri)
+    exp = client.get_experiment_by_name(f"test-{work.name}")
+    runs = client.search_runs([exp.experiment_id], max_results=500)
+    parents = [r for r in runs if r.data.tags.get("alta.kind") == "workflow"]
+    assert len(parents) == 1
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    stages = {r.data.tags["alta.stage"] for r in children}
+    assert {"extract", "sections", "pair", "mrm", "align", "evaluate"} <= stages
+    assert all(r.info.status == "FINISHED" for r in children)
+    assert parents[0].info.status == "FINISHED"
+
+
+def test_no_planted_phi_anywhere(demo_workflow, mlflow_uri):
+    work, _ = demo_workflow
+    truth = json.loads((work / "results" / "demo_data" / "demo_truth.json").read_text())
+    phi = [p.encode() for p in truth["planted_phi"] if len(p) >= 6]
+    assert phi
+    demo_root = work / "results" / "demo_data"
+    checked = 0
+    files = [p for p in (work / "results").rglob("*") if p.is_file() and demo_root not in p.parents]
+    files += [p for p in (work / "logs").rglob("*") if p.is_file()]
+    files += [Path(mlflow_uri[len("sqlite:///"):])]
+    files += [p for p in (work / "mlruns").rglob("*") if p.is_file()] if (work / "mlruns").exists() else []
+    for p in files:
+        data = p.read_bytes()
+        for value in phi:
+            assert value not in data, f"planted PHI {value!r} found in {p}"
+        checked += 1
+    assert checked > 20
+
+
+def test_second_run_has_nothing_to_do(demo_workflow):
+    work, _ = demo_workflow
+    assert planned_jobs(work, "all") == {}
+
+
+def test_changed_evaluate_config_reruns_only_evaluate(demo_workflow):
+    work, _ = demo_workflow
+    cfg = (work / "config.yaml").read_text().replace("batch_size: 64", "batch_size: 32")
+    alt = work / "config_eval.yaml"
+    alt.write_text(cfg)
+    jobs = planned_jobs(work, "all", "--configfile", str(alt))
+    assert jobs == {"evaluate": 1}
+
+
+def test_changed_report_reruns_text_side_only(demo_workflow):
+    work, _ = demo_workflow
+    report = sorted((work / "results" / "demo_data" / "files").rglob("s*.txt"))[0]
+    later = time.time() + 5
+    import os
+
+    os.utime(report, (later, later))
+    jobs = planned_jobs(work, "all")
+    assert "sections" in jobs and "pair" in jobs and "align" in jobs and "evaluate" in jobs
+    assert not any(j.startswith("extract") for j in jobs)
+    assert "demo_data" not in jobs
