@@ -1,0 +1,149 @@
+"""Stage `align`: ALTA adapter alignment of the MRM encoder and CXR-BERT (method.md §2).
+
+Inputs: ``--pairs`` pairs.parquet (train rows; validate rows for best.pt), ``--images`` images.parquet,
+``--extract-dir`` (folder the ``store_file`` paths are relative to), ``--mrm-weights`` an MRM checkpoint (ours or
+``MRM.pth``) or ``none``, ``--text-dir`` a local CXR-BERT-specialized directory or ``none`` (preset-sized BERT,
+random init), ``--tokenizer`` a tokenizer directory (alta tokenizer, or the CXR-BERT one).
+
+Outputs in ``--out``: ``checkpoint.pt`` (final weights; ``{'model', 'optimizer', 'epoch', 'step', 'scaler', 'args',
+'preset', 'mode', 'tokenizer_dir'}``, ALTA key names, method.md §5.2), ``best.pt`` (highest validation
+image->text Recall@5 on up to ``val_max_rows`` validate studies; the final weights if there is no validate split),
+``last.pt`` (resume point), ``epochNN.pt`` (every ``save_every_epochs``), ``tokenizer/`` (``tokenizer_dir`` in the
+checkpoints is relative to the checkpoint's folder), ``loss_curve.png``, ``train_summary.json``, ``tracking.jsonl``.
+
+Launch: ``python -m alta.align ...`` (one process) or ``torchrun --standalone --nproc_per_node=N -m alta.align ...``
+or ``srun python -m alta.align ...``. ``batch_size`` is the global batch per optimiser step (96 in the paper) and is
+split over the ranks. Exit codes: 0 done, 3 non-finite loss, 143/138 checkpoint saved after SIGTERM/SIGUSR1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from alta import augment as A
+from alta import data as altadata
+from alta.tokenizer import load_tokenizer, special_ids
+from alta.trainlog import call_with_supported, load_stage_config, model_sizes, run_stage, save_tokenizer
+
+log = logging.getLogger("alta.align")
+
+DEFAULTS: dict = {
+    "preset": "tiny", "mode": "recommended", "model_overrides": {}, "model_options": {},
+    "batch_size": 96, "accum_steps": 1, "blr": 1.5e-4, "weight_decay": 0.05,
+    "warmup_epochs": 10, "schedule_epochs": 100, "max_epochs": 30, "max_steps": None,
+    "ckpt_every": 0, "save_every_epochs": 5, "eval_every_epochs": 1, "log_every": 10, "seed": 0,
+    "precision": "auto", "num_workers": 2, "batch_unique_study": True, "find_unused_parameters": False,
+    "max_length": 128, "lateral_sampling": "first", "shuffle_sentences": True, "augment": True,
+    "val_max_rows": 1000, "mean": A.ALTA_MEAN, "std": A.ALTA_STD,
+}
+
+
+def retrieval_validator(pairs, images, extract_dir, collate, img_size: int, mean: float, std: float,
+                        device: torch.device, max_rows: int, batch: int = 64):
+    """Image->text Recall@5 on validate studies (one row per study, first ``max_rows`` by study_id); None if < 2."""
+    val = pairs[pairs["split"] == "validate"].sort_values(["study_id", "dicom_id"]).drop_duplicates("study_id")
+    val = val.head(max_rows)
+    if len(val) < 2:
+        return None
+    ds = altadata.PairsDataset(val, images, extract_dir, split=None, shuffle_text=False)
+
+    def validate(model) -> dict:
+        imgs, txts = [], []
+        for s in range(0, len(ds), batch):
+            b = collate([ds[i] for i in range(s, min(s + batch, len(ds)))])
+            x = A.resize(b["views"][:, 0:1].to(device).float().div_(255.0), img_size)
+            imgs.append(F.normalize(model.encode_image(A.to_model_input(x, mean, std)).float(), dim=-1))
+            t = model.encode_text(b["input_ids"].to(device), b["attention_mask"].to(device), normalize=True)
+            txts.append(F.normalize(t.float(), dim=-1))
+        sim = torch.cat(imgs) @ torch.cat(txts).T
+        rank = (sim > sim.diagonal()[:, None]).sum(1)
+        return {"metric": "retrieval_r5", "value": float((rank < 5).float().mean()), "n": len(ds)}
+
+    return validate
+
+
+def build_task(args, cfg: dict, info):
+    from alta.models import build_alta, param_groups
+    from alta.train import Task
+
+    if cfg["accum_steps"] != 1:
+        log.warning("align with accum_steps=%d: gradient accumulation shrinks the contrastive negative set "
+                    "(method.md §2.9); prefer more devices or a smaller batch", cfg["accum_steps"])
+    tok = load_tokenizer(args.tokenizer)
+    text_dir = None if args.text_dir in (None, "none") else args.text_dir
+    torch.manual_seed(cfg["seed"])  # same initial weights on every rank and every (re)start
+    mrm_sd = None
+    if args.mrm_weights not in (None, "none"):
+        from alta.models.checkpoints import extract_state_dict
+
+        if not Path(args.mrm_weights).is_file():
+            raise FileNotFoundError(f"--mrm-weights {args.mrm_weights}: no such file")
+        mrm_sd = extract_state_dict(torch.load(args.mrm_weights, map_location="cpu", weights_only=False))
+    model = call_with_supported(build_alta, preset=cfg["preset"], mode=cfg["mode"], text_dir=text_dir, tokenizer=tok,
+                                vocab_size=len(tok), special_ids=special_ids(tok), mrm_checkpoint=mrm_sd,
+                                overrides=cfg["model_overrides"] or None, options=cfg["model_options"] or None)
+    del mrm_sd
+    S, T2 = model_sizes(model)
+    pairs, images = altadata.load_tables(args.pairs, args.images)
+    ds = altadata.PairsDataset(pairs, images, args.extract_dir, split="train", seed=cfg["seed"],
+                               shuffle_text=cfg["shuffle_sentences"], lateral_sampling=cfg["lateral_sampling"])
+    collate = altadata.Collator(tok, cfg["max_length"])
+    gen = torch.Generator()
+    aug = A.AltaTrainAugment(S, T2, gen, cfg["mean"], cfg["std"], augment=cfg["augment"])
+    device = torch.device(info.device)
+    out = Path(args.out)
+    if info.is_main:
+        save_tokenizer(tok, out / "tokenizer")
+
+    def forward(m, batch, dev):
+        cf_t, views, present = aug(batch["views"], batch["present"], dev)
+        return m(cf_t, views, present, batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
+
+    validate = retrieval_validator(pairs, images, args.extract_dir, altadata.Collator(tok, cfg["max_length"]), S,
+                                   cfg["mean"], cfg["std"], device, cfg["val_max_rows"])
+    return Task(model=model, dataset=ds, groups=ds.study, collate=collate, forward=forward,
+                param_groups=lambda m: param_groups(m, weight_decay=cfg["weight_decay"], mode=cfg["mode"]),
+                generator=gen, after_step=lambda m: m.clamp_logit_scales(), validate=validate,
+                meta={"preset": cfg["preset"], "mode": cfg["mode"], "tokenizer_dir": "tokenizer",
+                      "stage": "align"})
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="alta align", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", required=True, help="pairs.parquet (alta pair)")
+    p.add_argument("--images", required=True, help="images.parquet (alta extract)")
+    p.add_argument("--extract-dir", required=True, help="extract output folder holding shards/<shard>/store.u8")
+    p.add_argument("--mrm-weights", default="none", help="MRM checkpoint to initialise the encoder/decoder, or none")
+    p.add_argument("--text-dir", default="none", help="local CXR-BERT directory, or none (preset-sized random BERT)")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
+    p.add_argument("--out", required=True, help="output folder (checkpoint.pt, best.pt, tokenizer/, ...)")
+    p.add_argument("--config", help="YAML/JSON config file")
+    p.add_argument("--section", default="align", help="section of --config to read (default: align)")
+    p.add_argument("--config-json", help="JSON object overriding config keys, e.g. '{\"max_steps\": 4}'")
+    p.add_argument("--print-defaults", action="store_true", help="print the default config and exit")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--print-defaults" in argv:
+        print(json.dumps(DEFAULTS, indent=2))
+        return 0
+    args = parser().parse_args(argv)
+    cfg = load_stage_config(DEFAULTS, args.config, args.section, args.config_json)
+    config = {**cfg, "pairs": str(args.pairs), "images": str(args.images), "mrm_weights": str(args.mrm_weights),
+              "text_dir": str(args.text_dir), "tokenizer": str(args.tokenizer)}
+    return run_stage("align", config, Path(args.out), lambda info: build_task(args, cfg, info))
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    raise SystemExit(main())

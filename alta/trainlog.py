@@ -1,0 +1,181 @@
+"""Training-side logging helpers for alta.train: interval meters, system metrics, the loss-curve PNG, and the
+stage config loader shared by ``alta mrm`` / ``alta align``.
+
+Config precedence (lowest to highest): the stage's defaults, ``--config FILE --section NAME`` (a YAML or JSON file;
+the section is a mapping), ``--config-json '{...}'``. Unknown keys are an error naming them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from alta import distributed as D
+from alta import io
+
+
+class IntervalMeter:
+    """Sums loss terms and samples between log points; ``flush`` averages over the interval and the ranks."""
+
+    def __init__(self):
+        self.sums: dict[str, float] = {}
+        self.count = 0
+        self.samples = 0
+        self.t0 = time.perf_counter()
+
+    def add(self, terms: dict[str, float], global_samples: int) -> None:
+        for k, v in terms.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v
+        self.count += 1
+        self.samples += global_samples
+
+    def flush(self, device, step: int, lr: float, epoch: int) -> dict:
+        names = sorted(self.sums)
+        means = D.all_reduce_mean([self.sums[n] / max(self.count, 1) for n in names], device) if names else []
+        dt = time.perf_counter() - self.t0
+        rec = {"step": step, "epoch": epoch, "lr": lr, "samples_per_s": self.samples / dt if dt > 0 else 0.0,
+               **dict(zip(names, means))}
+        self.__init__()
+        return rec
+
+
+def system_metrics(device) -> dict[str, float]:
+    """Process CPU %, resident memory and system memory use (and peak GPU memory on CUDA)."""
+    import psutil
+
+    proc = psutil.Process()
+    out = {"sys_cpu_percent": psutil.cpu_percent(interval=None), "proc_rss_gb": proc.memory_info().rss / 2**30,
+           "sys_mem_percent": psutil.virtual_memory().percent}
+    if getattr(device, "type", "cpu") == "cuda":
+        import torch
+
+        out["gpu_max_mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+    return out
+
+
+def plot_history(history: list[dict], dest: Path) -> None:
+    """Loss terms and lr against the optimiser step, written atomically as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    terms = sorted({k for h in history for k in h if k.startswith("loss")})
+    fig, (ax, ax2) = plt.subplots(2, 1, figsize=(7, 6), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    for t in terms:
+        ax.plot(steps, [h.get(t, float("nan")) for h in history], label=t)
+    ax.set_ylabel("loss")
+    ax.legend(loc="upper right", fontsize=8)
+    ax2.plot(steps, [h["lr"] for h in history], color="k")
+    ax2.set_ylabel("lr")
+    ax2.set_xlabel("optimiser step")
+    fig.tight_layout()
+    with io.atomic_path(dest, suffix=".png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100)
+    plt.close(fig)
+
+
+def load_stage_config(defaults: dict, config_file: str | None, section: str | None, config_json: str | None) -> dict:
+    """Merge the stage defaults with a config file section and a JSON string (see module docstring)."""
+    cfg = dict(defaults)
+    if config_file:
+        text = Path(config_file).read_text()
+        if config_file.endswith((".yaml", ".yml")):
+            import yaml
+
+            doc = yaml.safe_load(text) or {}
+        else:
+            doc = json.loads(text)
+        sec = doc.get(section, None) if section else doc
+        if not isinstance(sec, dict):
+            raise ValueError(f"{config_file}: section {section!r} is missing or not a mapping")
+        _merge(cfg, sec, f"{config_file}:{section}")
+    if config_json:
+        _merge(cfg, json.loads(config_json), "--config-json")
+    return cfg
+
+
+def _merge(cfg: dict, new: dict, where: str) -> None:
+    unknown = sorted(set(new) - set(cfg))
+    if unknown:
+        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(cfg)}")
+    for k, v in new.items():
+        cfg[k] = {**cfg[k], **v} if isinstance(cfg[k], dict) and isinstance(v, dict) else v
+
+
+def call_with_supported(fn, **kwargs):
+    """Call a model builder with the keyword arguments it declares (the rest are dropped, None ones too)."""
+    import inspect
+
+    params = inspect.signature(fn).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(**{k: v for k, v in kwargs.items() if v is not None})
+    return fn(**{k: v for k, v in kwargs.items() if k in params and v is not None})
+
+
+def model_sizes(model) -> tuple[int, int]:
+    """(S, 2S): the encoder input size and the reconstruction-target size of an MRM/ALTA model."""
+    cfg = getattr(model, "cfg", None)
+    s = getattr(model, "img_size", None) or getattr(cfg, "img_size", None)
+    t = getattr(model, "target_size", None) or getattr(cfg, "target_size", None) or (2 * s if s else None)
+    if not s:
+        raise ValueError(f"{type(model).__name__} exposes neither img_size nor cfg.img_size")
+    return int(s), int(t)
+
+
+def save_tokenizer(tok, dest: Path) -> None:
+    """Save a tokenizer directory atomically (write a temporary folder, then rename it into place)."""
+    import shutil
+
+    dest = Path(dest)
+    tmp = dest.parent / f".{dest.name}.tmp"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tok.save_pretrained(str(tmp))
+    if dest.exists():
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+
+
+def run_stage(stage: str, config: dict, out_dir: Path, build_task) -> int:
+    """Shared stage driver: distributed init, tracking on rank 0, the engine, exit codes.
+
+    ``build_task(info) -> alta.train.Task``. Exit codes: 0 done; 3 non-finite loss; 128+signal after a
+    checkpoint on SIGTERM/SIGUSR1 (so the workflow manager retries and the rerun resumes).
+    """
+    import contextlib
+    import logging
+
+    from alta import tracking
+    from alta import train as T
+
+    log = logging.getLogger(f"alta.{stage}")
+    info = D.init()
+    log.info("%s: rank %d/%d (%s) on %s", stage, info.rank, info.world_size, info.launcher, info.device)
+    cfg = T.TrainConfig.from_dict(config)
+    try:
+        task = build_task(info)
+        ctx = tracking.stage_run(stage, params=config, out_dir=out_dir) if info.is_main else contextlib.nullcontext()
+        with ctx as run:
+            if run is not None:
+                n_train, n_all = T.trainable_count(task.model)
+                run.log_params({"world_size": info.world_size, "launcher": info.launcher, "device": info.device,
+                                "trainable_params": n_train, "total_params": n_all})
+            summary = T.fit(task, cfg, config, out_dir, info, run)
+            if run is not None:
+                io.write_json(Path(out_dir) / "train_summary.json", summary)
+                for name in ("train_summary.json", "tokenizer"):
+                    if (Path(out_dir) / name).exists():
+                        run.log_artifact(Path(out_dir) / name)
+        log.info("%s done: %s", stage, summary)
+        return 0
+    except T.NonFiniteLoss as exc:
+        log.error("%s", exc)
+        return 3
+    except T.Preempted as exc:
+        log.warning("%s", exc)
+        return exc.exit_code
+    finally:
+        D.cleanup()
