@@ -18,6 +18,11 @@ Subcommands
 Each file is decoded, rendered at native size (``--render``; JPG/PNG inputs are already 8-bit: mode ``jpg``),
 resized so that its shorter side is ``--size`` and written as PNG by worker processes; the parent writes the store
 in output order, so results do not depend on worker timing. Every run logs one MLflow child run.
+
+Failures: an input-level problem (missing root, unreadable or incomplete metadata/manifest CSV) exits 2 and an
+I/O error while writing (full disk, file-size limit) exits 1, each with one stderr line naming the file; SIGTERM
+exits 143 after deleting this run's temporary files. No output is published unless the whole shard succeeded,
+and a rerun deletes temporary files a SIGKILLed run left behind.
 """
 
 from __future__ import annotations
@@ -26,7 +31,9 @@ import argparse
 import collections
 import json
 import logging
+import signal
 import sys
+import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -101,12 +108,12 @@ def process_file(task: Task, cfg: dict) -> tuple[dict, np.ndarray | None, dict]:
     except render.Reject as rej:
         return reject(rej.reason, rej.detail)
     except Exception as exc:  # noqa: BLE001 - malformed headers raise anything; one bad file must not stop a shard
-        return reject("unreadable_image", f"{type(exc).__name__}: {exc}")
+        return reject("unreadable_image", render.error_text(exc))
     t2 = time.perf_counter()
     small = render.resize_short_side(img, cfg["size"])
     t3 = time.perf_counter()
     png_rel = f"png/{task.shard}/{task.subject_id}/{task.study_id}/{task.image_id}.png"
-    io.write_bytes(Path(cfg["out"]) / png_rel, render.encode_png(small))
+    _write_output(Path(cfg["out"]) / png_rel, render.encode_png(small))
     t4 = time.perf_counter()
     row = {"image_id": task.image_id, "subject_id": task.subject_id, "study_id": task.study_id, "shard": task.shard,
            "source_path": task.source_path, "source_format": fmt, **header, "bits_masked": info.bits_masked,
@@ -115,6 +122,25 @@ def process_file(task: Task, cfg: dict) -> tuple[dict, np.ndarray | None, dict]:
     meta.update(kept=True, colour_converted=info.colour_converted, notes=info.notes, t_decode=t1 - t0,
                 t_render=t2 - t1, t_resize=t3 - t2, t_write=t4 - t3)
     return row, small, meta
+
+
+def _write_output(path: Path, data: bytes) -> None:
+    """Atomic write whose OSError names the destination (a full or read-only disk stops the shard; it is not
+    a per-file reject)."""
+    try:
+        io.write_bytes(path, data)
+    except OSError as exc:
+        raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
+
+
+def _remove_stale_temps(shard_dir: Path, png_dir: Path) -> None:
+    """Delete temporary files a killed run left behind (alta.io names them ``.<name>.*.tmp``); they are never
+    read, but a killed shard's store temp can be as large as the store."""
+    stale = list(shard_dir.glob(".*.tmp")) + (list(png_dir.rglob(".*.tmp")) if png_dir.is_dir() else [])
+    for p in stale:
+        p.unlink(missing_ok=True)
+    if stale:
+        log.warning("removed %d temporary file(s) left by an interrupted run in %s", len(stale), shard_dir)
 
 
 def _process_chunk(tasks: list[Task], cfg: dict) -> list:
@@ -180,6 +206,7 @@ def _syntax_sniff(tasks: list[Task]) -> set[str]:
 def run_shard(args) -> dict:
     out = Path(args.out)
     shard_dir = out / "shards" / args.shard
+    _remove_stale_temps(shard_dir, out / "png" / args.shard)
     tasks = shard_tasks(args.source, args.root, args.shard, manifest=args.manifest, n_shards=args.n_shards,
                         metadata=args.metadata)
     unknown = render.check_decoders(_syntax_sniff(tasks))
@@ -321,8 +348,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+class Terminated(BaseException):
+    """SIGTERM (Slurm pre-emption, a cancelled Snakemake job): unwinds like an exception, so temporary outputs
+    are deleted and the MLflow run is marked FAILED instead of the process vanishing mid-write."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if threading.current_thread() is threading.main_thread():
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    else:
+        previous = None
     try:
         if args.cmd == "shard":
             if args.size < 16:
@@ -333,6 +373,18 @@ def main(argv: list[str] | None = None) -> int:
     except InputError as exc:
         print(f"alta extract: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a full or read-only disk: no output of this run is published
+        where = exc.filename or "an output file"
+        print(f"alta extract: I/O error on {where}: {exc.strerror or exc}; no complete output was written",
+              file=sys.stderr)
+        return 1
+    except Terminated:
+        print(f"alta extract: terminated by SIGTERM; no complete output was written for {args.cmd} "
+              f"{getattr(args, 'shard', '') or ''}".rstrip(), file=sys.stderr)
+        return 143
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -79,12 +79,21 @@ def _strip_suffix(name: str, suffixes) -> str | None:
     return None
 
 
+def _read_csv(path: Path, what: str) -> pd.DataFrame:
+    """A CSV as strings (blank -> ''); an unreadable file is an :class:`InputError` naming it."""
+    try:
+        return pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        # UnicodeDecodeError is a ValueError: binary or non-UTF-8 content
+        raise InputError(f"{path}: cannot read the {what} CSV ({' '.join(str(exc).split())})") from exc
+
+
 def read_manifest(manifest: str | Path) -> pd.DataFrame:
     """The manifest as strings (blank -> ''); raise :class:`InputError` naming the file and a missing column."""
     manifest = Path(manifest)
     if not manifest.is_file():
         raise InputError(f"{manifest}: manifest not found")
-    df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    df = _read_csv(manifest, "manifest")
     df.columns = [str(c).strip() for c in df.columns]
     for col in MANIFEST_REQUIRED:
         if col not in df.columns:
@@ -183,7 +192,7 @@ def find_metadata(root: str | Path, metadata: str | Path | None) -> Path | None:
 
 def read_metadata(path: Path, image_ids: set[str]) -> dict[str, dict]:
     """Header fields by dicom_id from ``mimic-cxr-2.0.0-metadata.csv(.gz)`` (strings; blanks dropped)."""
-    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    df = _read_csv(path, "metadata")
     if "dicom_id" not in df.columns:
         raise InputError(f"{path}: missing required column 'dicom_id'")
     cols = [c for c in METADATA_FIELDS if c in df.columns]
@@ -201,6 +210,8 @@ def shard_tasks(source: str, root: str | Path, shard: str, manifest: str | Path 
         tasks = _manifest_tasks(Path(manifest), shard, n_shards)
     elif source in ("mimic", "mimic_jpg"):
         root = Path(root)
+        if not _files_dir(root).is_dir():
+            raise InputError(f"{root}: input root not found")
         tasks = _mimic_tasks(source, root, shard)
         meta_path = find_metadata(root, metadata)
         if meta_path is None and source == "mimic_jpg":

@@ -117,6 +117,29 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    try:
+        return _run(args)
+    except PairInputError:
+        raise
+    except (ValueError, OSError) as exc:  # unreadable or malformed input tables: one line naming the file
+        raise PairInputError(f"alta pair: error: {' '.join(str(exc).split())}") from exc
+
+
+class PairInputError(SystemExit, ValueError):
+    """Bad input tables. As a SystemExit the command ends with this one line on stderr and status 1, no
+    traceback; as a ValueError, in-process callers catch it like the error it wraps."""
+
+
+def _read_table(path: str, what: str):
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{what} {path} does not exist")
+    try:
+        return io.read_parquet(path)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises its own types for damaged files
+        raise ValueError(f"{what} {path}: not a readable Parquet table ({exc})") from exc
+
+
+def _run(args) -> int:
     modes = [bool(args.images), bool(args.manifest), bool(args.metadata)]
     if sum(modes) != 1:
         raise SystemExit("alta pair: give exactly one of --images (with --sections), --manifest or --metadata")
@@ -141,9 +164,10 @@ def main(argv: list[str] | None = None) -> int:
         images, sections = frames_from_metadata(args.metadata, args.assume_reports)
         where = f"metadata CSV {args.metadata}"
     else:
-        images, where = io.read_parquet(args.images), f"images {args.images}"
+        images, where = _read_table(args.images, "images"), f"images {args.images}"
+    sections_where = "sections"
     if args.sections:
-        sections = io.read_parquet(args.sections)
+        sections, sections_where = _read_table(args.sections, "sections"), f"sections {args.sections}"
     if args.split_csv:
         split_map = read_split_csv(args.split_csv)
     write_pairs = not (args.metadata and args.assume_reports)
@@ -157,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
               "export_splits": ",".join(export),
               "text_source": args.text_source if args.manifest else None}
     with tracking.stage_run("pair", params, args.out) as run:
-        result = build_pairs(images, sections, split_map, options, where=where)
+        result = build_pairs(images, sections, split_map, options, where=where, sections_where=sections_where)
         stats = compute_stats(result, len(images), options)
         written = write_outputs(result, stats, args.out, export, args.csv_path_prefix, write_pairs)
         run.log_metrics(flat_metrics(stats))

@@ -125,11 +125,13 @@ def _prior_frontal(prior: Study, view: str) -> str:
 
 
 def build_pairs(images: pd.DataFrame, sections: pd.DataFrame, split_map: dict[str, str] | None = None,
-                options: PairOptions | None = None, where: str = "images") -> PairResult:
-    """Apply data.md §4.3 to the image and section tables; see the module docstring for the outputs."""
+                options: PairOptions | None = None, where: str = "images",
+                sections_where: str = "sections") -> PairResult:
+    """Apply data.md §4.3 to the image and section tables; see the module docstring for the outputs.
+    ``where`` / ``sections_where`` name the inputs in error messages."""
     opt = options or PairOptions()
     _check_images(images, where)
-    texts = report_texts(sections)
+    texts = report_texts(sections, sections_where)
     counters: Counter = Counter()
     drops: dict[str, tuple[str, str]] = {}
     studies: dict[str, Study] = {}

@@ -30,6 +30,8 @@ from __future__ import annotations
 
 import gzip
 import io
+import logging
+import re
 import struct
 import zlib
 from dataclasses import dataclass, field
@@ -48,6 +50,16 @@ RADIOGRAPH_MODALITIES = frozenset({"CR", "DX", "DR", "RG", "OT"})
 MIN_SIDE, MAX_SIDE = 32, 16384
 # ITU-R BT.601 luma, the weights Pillow's convert("L") uses, so DICOM and JPEG colour inputs agree.
 _LUMA = np.array([0.299, 0.587, 0.114])
+# pydicom logs every failed decoder plugin with a full traceback at ERROR level. The failure is already reported
+# once, as a reject row naming the file (error_text of the exception), so those records are only noise in logs.
+logging.getLogger("pydicom.pixels.decoders.base").setLevel(logging.CRITICAL)
+_ADDRESS = re.compile(r" at 0x[0-9a-fA-F]+")
+
+
+def error_text(exc: BaseException) -> str:
+    """``Type: message`` on one line, without object addresses (``<... at 0x7f..>`` differ between runs, and a
+    rejects table must be byte-identical for identical inputs)."""
+    return " ".join(_ADDRESS.sub("", f"{type(exc).__name__}: {exc}").split())
 
 
 class Reject(Exception):
@@ -99,7 +111,7 @@ def read_dicom(path: str | Path):
     except InvalidDicomError as exc:
         raise Reject("not_dicom", str(exc)) from exc
     except (EOFError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
-        raise Reject("truncated", f"header unreadable: {type(exc).__name__}: {exc}") from exc
+        raise Reject("truncated", f"header unreadable: {error_text(exc)}") from exc
 
 
 def check_decoders(syntaxes) -> set[str]:
@@ -172,7 +184,7 @@ def decode_pixels(ds, colour: str = "luminance") -> tuple[np.ndarray, PixelInfo]
             ds.pixel_array_options(correct_unused_bits=False)
         arr = ds.pixel_array
     except Exception as exc:  # noqa: BLE001 - decoder plugins raise anything; the file is what is broken
-        raise Reject("unreadable_image", f"{type(exc).__name__}: {exc}") from exc
+        raise Reject("unreadable_image", error_text(exc)) from exc
     info = PixelInfo(monochrome1=str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1")
     if arr.ndim == 3:
         arr = _grey_from_colour(arr, colour, info)
@@ -341,7 +353,7 @@ def read_raster(path: str | Path, colour: str = "luminance",
     except FileNotFoundError as exc:
         raise Reject("missing_file", str(exc)) from exc
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise Reject("unreadable_image", f"{type(exc).__name__}: {exc}") from exc
+        raise Reject("unreadable_image", error_text(exc)) from exc
     return np.ascontiguousarray(img, dtype=np.uint8), ("jpg" if fmt in ("JPEG", "MPO") else "png"), info
 
 

@@ -41,7 +41,10 @@ class StoreWriter:
         if img.dtype != np.uint8 or img.ndim != 2:
             raise ValueError(f"store images must be 2-D uint8, got {img.dtype} {img.shape}")
         offset = self._offset
-        self._fh.write(np.ascontiguousarray(img).tobytes(order="C"))
+        try:
+            self._fh.write(np.ascontiguousarray(img).tobytes(order="C"))
+        except OSError as exc:  # a full disk or a file-size limit: name the store, not an anonymous temp file
+            raise OSError(exc.errno, exc.strerror or str(exc), str(self.path)) from exc
         self._offset += img.size
         self.count += 1
         return offset

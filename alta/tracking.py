@@ -172,7 +172,8 @@ class StageRun:
             run = client.create_run(exp_id, run_name=self._run_name, tags=tags)
             self._client, self.run_id = client, run.info.run_id
         except Exception as exc:  # noqa: BLE001
-            log.warning("MLflow tracking unavailable at %s (%s); logging locally to %s", uri, exc, self.local_file)
+            log.warning("MLflow tracking unavailable at %s (%s); logging locally to %s; replay it later with "
+                        "`alta tracking-sync %s`", uri, exc, self.local_file, self.local_file)
             self._warned = True
 
     # -- public API -------------------------------------------------------------------------------------------

@@ -99,7 +99,7 @@ class Embedder:
         """(N, P) float32 L2-normalised embeddings of grey uint8 images (any size)."""
         out, batch = [], []
         for img in grey:
-            batch.append(augment.eval_transform(torch.from_numpy(np.ascontiguousarray(img)), self.img_size))
+            batch.append(augment.eval_transform(torch.tensor(np.asarray(img)), self.img_size))  # copies read-only memmaps
             if len(batch) == self.batch_size:
                 out.append(self._encode_images(batch))
                 batch = []

@@ -132,7 +132,7 @@ def heldout(emb: Embedder, cfg: dict, pairs_path: str, images_path: str, extract
     sim = img @ txt.T
     out: dict = {}
     for direction, s in (("i2t", sim), ("t2i", sim.T)):
-        r = M.recall_at_k(s, positives, ks=(1, 5, 10, 50))
+        r = M.recall_at_k(s, positives, ks=[k for k in (1, 5, 10, 50) if k <= s.shape[1]])
         out.update({f"{direction}_{k}": v for k, v in r.items() if k.startswith("R@") or k == "MedR"})
     n = len(rows)
     out.update({"n_studies": n, "n_unique_texts": int(len(set(groups))), "pool_size": n,
@@ -157,7 +157,7 @@ def benchmarks_to_run(cfg: dict) -> dict[str, str | None]:
 
 
 def evaluate_model(name: str, ckpt: str, args, cfg: dict) -> dict[str, dict]:
-    emb = Embedder.from_checkpoint(name, ckpt, tokenizer_dir=args.tokenizer, text_dir=cfg.get("text_dir"),
+    emb = Embedder.from_checkpoint(name, ckpt, tokenizer_dir=args.tokenizer, text_dir=args.text_dir,
                                    batch_size=cfg.get("batch_size", 64))
     results: dict[str, dict] = {}
     status = benchmarks_to_run(cfg)
@@ -205,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--images", required=True, help="images.parquet (packed-store index)")
     ap.add_argument("--extract-dir", required=True, help="extract output folder holding the packed stores")
     ap.add_argument("--tokenizer", required=True, help="tokenizer directory saved with the run")
+    ap.add_argument("--text-dir", default=None,
+                    help="local CXR-BERT directory (the text tower of the `mrm` baseline; as align.text_dir)")
     ap.add_argument("--out", required=True, help="output folder (metrics/, plots/, comparison.csv, report.md)")
     ap.add_argument("--config-json", default="{}", help="the evaluate config section as JSON")
     args = ap.parse_args(argv)

@@ -31,6 +31,7 @@ rule evaluate:
         cfg=lambda w: shlex.quote(section("evaluate")),
         models=eval_model_args,
         tok=tokenizer_dir,
+        text_dir=opt("--text-dir", config["align"].get("text_dir")),
     threads: 2
     log:
         "logs/evaluate/evaluate.log",
@@ -41,5 +42,5 @@ rule evaluate:
         mem_mb=16000,
     shell:
         "{PY} -m alta.evaluate.run {params.models} --pairs {input.pairs} --images {input.images}"
-        " --extract-dir {RES}/extract --tokenizer {params.tok} --out {RES}/evaluate"
+        " --extract-dir {RES}/extract --tokenizer {params.tok} {params.text_dir} --out {RES}/evaluate"
         " --config-json {params.cfg} > {log} 2>&1"

@@ -1,0 +1,115 @@
+"""The evaluate stage: real 5x200 text side, the CLI on a trained checkpoint, skipped benchmarks, embed/zeroshot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import shared_data  # noqa: E402
+from test_data import build_synthetic  # noqa: E402
+
+from alta import io  # noqa: E402
+from alta.evaluate import benchmarks as B  # noqa: E402
+from alta.evaluate import prompts as P  # noqa: E402
+from alta.evaluate.embedding import Embedder  # noqa: E402
+from alta.models import build_alta  # noqa: E402
+from alta.tokenizer import load_tokenizer, special_ids, train_tokenizer  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 3-step ALTA checkpoint and a 3-step MRM checkpoint from the real CLIs, on synthetic pairs."""
+    from alta import align, mrm
+
+    root = tmp_path_factory.mktemp("eval")
+    pairs, images, extract = build_synthetic(root)
+    train_tokenizer(io.read_parquet(pairs)["text"].tolist(), root / "tok", vocab_size=300)
+    small = {"batch_size": 4, "num_workers": 0, "log_every": 2, "warmup_epochs": 1, "schedule_epochs": 4,
+             "max_epochs": 2, "blr": 1e-2, "max_steps": 3}
+    common = ["--pairs", str(pairs), "--images", str(images), "--extract-dir", str(extract),
+              "--tokenizer", str(root / "tok")]
+    assert mrm.main([*common, "--out", str(root / "mrm"), "--config-json", json.dumps(small)]) == 0
+    assert align.main([*common, "--out", str(root / "align"), "--mrm-weights", str(root / "mrm" / "checkpoint.pt"),
+                       "--config-json", json.dumps({**small, "val_max_rows": 4})]) == 0
+    return root, pairs, images, extract
+
+
+def test_real_5x200_text_side(tmp_path):
+    """Impressions and class prompts of the real file go through cleaning, tokenisation and the text tower."""
+    df = B.read_chexpert_5x200(shared_data("benchmarks", "chexpert_5x200.csv"))
+    assert df["label"].tolist() == [i // 200 for i in range(1000)]  # derived from columns, checked against blocks
+    prompts = P.chexpert5_prompts(cleaned=True)
+    corpus = df["text_clean"].tolist() + [p for ps in prompts.values() for p in ps]
+    train_tokenizer(corpus, tmp_path / "tok", vocab_size=800)
+    tok = load_tokenizer(tmp_path / "tok")
+    torch.manual_seed(0)
+    emb = Embedder(build_alta("tiny", tokenizer=tok, vocab_size=len(tok), special_ids=special_ids(tok)), tok)
+    txt = emb.texts(df["text_clean"].tolist(), P.TEXT_PROTOCOLS["chexpert5x200_i2t"])
+    rec = emb.last_text_record
+    assert txt.shape == (1000, 32) and np.allclose(np.linalg.norm(txt, axis=1), 1, atol=1e-5)
+    assert rec["n_texts"] == 1000 and rec["clean"] == "gloria" and rec["max_length"] == 256
+    # the longest cleaned impression has 92 words: with a corpus tokenizer nothing needs truncation at 256
+    assert rec["n_over_length"] == 0
+    proj = {c: emb.texts(p, P.TEXT_PROTOCOLS["chexpert5x200_zeroshot"], normalize=False) for c, p in prompts.items()}
+    assert {c: len(v) for c, v in proj.items()} == P.EXPECTED_PROMPT_COUNTS
+    img = txt[:7]  # any unit vectors stand in for image embeddings here
+    scores = P.class_scores(img, proj, aggregation="mean_embedding")
+    assert scores.shape == (7, 5) and np.all(np.abs(scores) <= 1 + 1e-5)
+
+
+def test_evaluate_cli_scores_models_and_reports_skips(trained, tmp_path):
+    from alta.evaluate import run
+
+    root, pairs, images, extract = trained
+    out = tmp_path / "evaluate"
+    cfg = {"heldout_split": "validate", "chexpert_5x200": str(tmp_path / "absent.csv"),
+           "chexpert_root": str(tmp_path), "batch_size": 8}
+    rc = run.main(["--model", f"mrm={root / 'mrm' / 'checkpoint.pt'}",
+                   "--model", f"align={root / 'align' / 'checkpoint.pt'}", "--pairs", str(pairs), "--images",
+                   str(images), "--extract-dir", str(extract), "--tokenizer", str(root / "align" / "tokenizer"),
+                   "--out", str(out), "--config-json", json.dumps(cfg)])
+    assert rc == 0
+    for model in ("mrm", "align"):
+        res = json.loads((out / "metrics" / model / "heldout.json").read_text())
+        assert 0 <= res["i2t_R@1"] <= res["i2t_R@5"] <= 1 and res["pool_size"] == res["n_studies"] > 0
+        assert res["model"]["kind"] == model and res["protocol"]["ties"] == "pessimistic"
+    table = pd.read_csv(out / "comparison.csv")
+    assert table["model"].tolist() == ["mrm", "align"] and "heldout.i2t_R@5" in table.columns
+    report = (out / "report.md").read_text()
+    assert "files not found" in report and "config keys not set" in report  # 5x200 and RSNA skipped, with reasons
+    assert (out / "plots" / "retrieval_examples_align.png").stat().st_size > 0
+
+
+def test_embed_and_zeroshot_cli(trained, tmp_path, capsys):
+    from alta import embed
+
+    root = trained[0]
+    rng = np.random.default_rng(0)
+    files = []
+    for i in range(3):
+        p = tmp_path / f"x{i}.png"
+        Image.fromarray(rng.integers(0, 255, (90, 80), dtype=np.uint8)).save(p)
+        files.append(str(p))
+    ck, tok = str(root / "align" / "checkpoint.pt"), str(root / "align" / "tokenizer")
+    out = tmp_path / "emb.parquet"
+    assert embed.main(["embed", "--checkpoint", ck, "--tokenizer", tok, "--images", *files,
+                       "--texts", "no acute findings.", "--out", str(out)]) == 0
+    df = io.read_parquet(out)
+    assert df["kind"].tolist() == ["image"] * 3 + ["text"]
+    assert np.allclose([np.linalg.norm(e) for e in df["embedding"]], 1, atol=1e-5)
+    assert embed.main(["zeroshot", "--checkpoint", ck, "--tokenizer", tok, "--images", *files,
+                       "--class", "effusion=pleural effusion|small effusion", "--class", "normal=no acute findings",
+                       "--out", str(tmp_path / "z.csv")]) == 0
+    z = pd.read_csv(tmp_path / "z.csv")
+    assert np.allclose(z["p:effusion"] + z["p:normal"], 1)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        embed.main(["embed", "--checkpoint", ck, "--tokenizer", tok, "--images", str(tmp_path / "missing.png"),
+                    "--out", str(out)])
