@@ -2,11 +2,14 @@
 # No pipeline logic lives here: the input functions ask the `alta` modules which files belong to a stage.
 
 import json
+import shlex
 from pathlib import Path
 
 from alta import tracking
 
-PY = sys.executable  # the interpreter running Snakemake, so stages use the same environment
+PY = (
+    sys.executable
+)  # the interpreter running Snakemake, so stages use the same environment
 RES = config["results"]
 DATA = config["data"]
 ROOT = DATA["root"]
@@ -46,30 +49,47 @@ def _metadata_csv():
     if DATA.get("metadata_csv"):
         return DATA["metadata_csv"]
     cand = Path(ROOT or ".") / "mimic-cxr-2.0.0-metadata.csv.gz"
-    return str(cand) if (config["demo"]["enabled"] or cand.exists()) and DATA["source"] != "manifest" else None
+    return (
+        str(cand)
+        if (config["demo"]["enabled"] or cand.exists()) and DATA["source"] != "manifest"
+        else None
+    )
 
 
 def _split_csv():
     if DATA.get("split_csv"):
         return DATA["split_csv"]
     cand = Path(ROOT or ".") / "mimic-cxr-2.0.0-split.csv.gz"
-    return str(cand) if (config["demo"]["enabled"] or cand.exists()) and DATA["source"] != "manifest" else None
+    return (
+        str(cand)
+        if (config["demo"]["enabled"] or cand.exists()) and DATA["source"] != "manifest"
+        else None
+    )
 
 
 def shard_names(wildcards=None):
     from alta import extract
 
     _data_ready()
-    return extract.list_shards(DATA["source"], ROOT, manifest=DATA.get("manifest"),
-                               n_shards=config["extract"]["n_shards"])
+    return extract.list_shards(
+        DATA["source"],
+        ROOT,
+        manifest=DATA.get("manifest"),
+        n_shards=config["extract"]["n_shards"],
+    )
 
 
 def shard_input_files(wildcards):
     from alta import extract
 
     _data_ready()
-    files = extract.shard_files(DATA["source"], ROOT, wildcards.shard, manifest=DATA.get("manifest"),
-                                n_shards=config["extract"]["n_shards"])
+    files = extract.shard_files(
+        DATA["source"],
+        ROOT,
+        wildcards.shard,
+        manifest=DATA.get("manifest"),
+        n_shards=config["extract"]["n_shards"],
+    )
     if DATA["source"] == "manifest":
         # Missing manifest paths become rejects inside the stage, not DAG errors.
         files = [f for f in files if os.path.exists(f)] + [DATA["manifest"]]
@@ -96,3 +116,60 @@ def split_csv_input(wildcards):
 def opt(flag, value):
     """Render an optional CLI flag; nothing when the value is null."""
     return "" if value is None else f"{flag} {value}"
+
+
+# ---- used by train.smk ----
+# Keys of a training section that configure the workflow, not the trainer.
+WORKFLOW_KEYS = {"weights", "nproc", "gpus", "threads", "text_dir"}
+
+
+def trainer_config(stage):
+    """The stage's trainer settings as shell-quoted JSON (the workflow seed unless the section sets its own)."""
+    cfg = {k: v for k, v in config[stage].items() if k not in WORKFLOW_KEYS}
+    cfg.setdefault("seed", config["seed"])
+    return shlex.quote(json.dumps(cfg, sort_keys=True))
+
+
+def tokenizer_dir(wildcards=None):
+    return config["tokenizer"]["path"] or f"{RES}/tokenizer"
+
+
+def tokenizer_input(wildcards):
+    return [] if config["tokenizer"]["path"] else [f"{RES}/tokenizer/tokenizer.json"]
+
+
+def mrm_weights(wildcards):
+    return config["mrm"]["weights"] or f"{RES}/mrm/checkpoint.pt"
+
+
+def torchrun(stage):
+    """torchrun with one process per GPU of the job, or config[stage].nproc CPU processes."""
+    nproc = config[stage].get("nproc", 1)
+    return (
+        f"NPROC=$(( {{resources.gpu}} > 0 ? {{resources.gpu}} : {nproc} )); OMP_NUM_THREADS={{threads}} "
+        f"{PY} -m torch.distributed.run --standalone --nproc_per_node=$NPROC -m alta.{stage}"
+    )
+
+
+def runtime_by_attempt(minutes):
+    """Retries (e.g. after a timeout or preemption) get proportionally more wall time."""
+    return lambda wildcards, attempt: minutes * attempt
+
+
+# ---- used by evaluate.smk ----
+def eval_checkpoints(wildcards):
+    models = config["evaluate"]["models"]
+    out = {}
+    if "mrm" in models:
+        out["mrm"] = mrm_weights(wildcards)
+    if "align" in models:
+        out["align"] = rules.align.output.ckpt
+    if "official" in models:
+        out["official"] = config["evaluate"]["official_alta"]
+    return out
+
+
+def eval_model_args(wildcards, input):
+    return " ".join(
+        f"--model {name}={input[name]}" for name in config["evaluate"]["models"]
+    )

@@ -4,7 +4,18 @@
 checkpoint demo_data:
     output:
         truth=f"{ROOT}/demo_truth.json",
+    log:
+        "logs/demo_data/demo_data.log",
+    benchmark:
+        "logs/demo_data/demo_data.bench.tsv"
+    conda:
+        "../../envs/alta.yaml"
+    resources:
+        runtime=30,
+        mem_mb=4000,
     params:
+        py=PY,
+        root=lambda w, output: str(Path(output.truth).parent),
         cfg=lambda w: section("demo"),
         n_patients=config["demo"].get("n_patients", 150),
         seed=config["demo"].get("seed", 0),
@@ -12,15 +23,8 @@ checkpoint demo_data:
         queries=config["demo"].get("image_queries", 3),
         rsna_test=config["demo"].get("rsna_test", 120),
         rsna_val=config["demo"].get("rsna_val", 60),
-    log:
-        "logs/demo_data/demo_data.log",
-    benchmark:
-        "logs/demo_data/demo_data.bench.tsv"
-    resources:
-        runtime=30,
-        mem_mb=4000,
     shell:
-        "{PY} -m alta.demo --out {ROOT} --n-patients {params.n_patients} --seed {params.seed}"
+        "{params.py} -m alta.demo --out {params.root} --n-patients {params.n_patients} --seed {params.seed}"
         " --chexpert-per-class {params.chexpert} --image-queries {params.queries}"
         " --rsna-test {params.rsna_test} --rsna-val {params.rsna_val} > {log} 2>&1"
 
@@ -32,7 +36,19 @@ rule extract_shard:
         images=f"{RES}/extract/shards/{{shard}}/images.parquet",
         rejects=f"{RES}/extract/shards/{{shard}}/rejects.parquet",
         store=f"{RES}/extract/shards/{{shard}}/store.u8",
+    log:
+        "logs/extract/{shard}.log",
+    benchmark:
+        "logs/extract/{shard}.bench.tsv"
+    conda:
+        "../../envs/alta.yaml"
+    threads: config["extract"].get("workers", 2)
+    resources:
+        runtime=240,
+        mem_mb=8000,
     params:
+        py=PY,
+        outdir=lambda w, output: str(Path(output.images).parents[2]),
         cfg=lambda w: section("extract"),
         source=DATA["source"],
         root=opt("--root", ROOT),
@@ -42,39 +58,39 @@ rule extract_shard:
         size=config["extract"].get("size", 512),
         n_shards=config["extract"].get("n_shards", 10),
         colour=config["extract"].get("colour", "luminance"),
-    threads: config["extract"].get("workers", 2)
-    log:
-        "logs/extract/{shard}.log",
-    benchmark:
-        "logs/extract/{shard}.bench.tsv"
-    resources:
-        runtime=240,
-        mem_mb=8000,
     shell:
-        "{PY} -m alta.extract shard --source {params.source} {params.root} {params.manifest} {params.metadata}"
-        " --shard {wildcards.shard} --out {RES}/extract --render {params.render} --size {params.size}"
+        "{params.py} -m alta.extract shard --source {params.source} {params.root} {params.manifest} {params.metadata}"
+        " --shard {wildcards.shard} --out {params.outdir} --render {params.render} --size {params.size}"
         " --workers {threads} --n-shards {params.n_shards} --colour {params.colour} > {log} 2>&1"
 
 
 rule extract_merge:
     input:
-        lambda w: expand(f"{RES}/extract/shards/{{shard}}/images.parquet", shard=shard_names()),
-        lambda w: expand(f"{RES}/extract/shards/{{shard}}/rejects.parquet", shard=shard_names()),
+        lambda w: expand(
+            f"{RES}/extract/shards/{{shard}}/images.parquet", shard=shard_names()
+        ),
+        lambda w: expand(
+            f"{RES}/extract/shards/{{shard}}/rejects.parquet", shard=shard_names()
+        ),
     output:
         images=f"{RES}/extract/images.parquet",
         rejects=f"{RES}/extract/rejects.parquet",
         stats=f"{RES}/extract/extract_stats.json",
-    params:
-        shards=lambda w: ",".join(shard_names()),
     log:
         "logs/extract/merge.log",
     benchmark:
         "logs/extract/merge.bench.tsv"
+    conda:
+        "../../envs/alta.yaml"
     resources:
         runtime=30,
         mem_mb=8000,
+    params:
+        py=PY,
+        outdir=lambda w, output: str(Path(output.images).parent),
+        shards=lambda w: ",".join(shard_names()),
     shell:
-        "{PY} -m alta.extract merge --out {RES}/extract --shards {params.shards} > {log} 2>&1"
+        "{params.py} -m alta.extract merge --out {params.outdir} --shards {params.shards} > {log} 2>&1"
 
 
 rule sections:
@@ -84,7 +100,19 @@ rule sections:
         sections=f"{RES}/sections/sections.parquet",
         rejects=f"{RES}/sections/rejects.parquet",
         stats=f"{RES}/sections/sections_stats.json",
+    log:
+        "logs/sections/sections.log",
+    benchmark:
+        "logs/sections/sections.bench.tsv"
+    conda:
+        "../../envs/alta.yaml"
+    resources:
+        runtime=60,
+        mem_mb=8000,
     params:
+        py=PY,
+        outdir=lambda w, output: str(Path(output.sections).parent),
+        root=ROOT,
         cfg=lambda w: section("sections"),
         source="manifest" if DATA["source"] == "manifest" else "mimic",
         where=(
@@ -95,15 +123,8 @@ rule sections:
         text_source=config["sections"].get("text_source", "findings_impression"),
         min_words=config["sections"].get("min_words", 3),
         overrides=opt("--overrides", config["sections"].get("overrides")),
-    log:
-        "logs/sections/sections.log",
-    benchmark:
-        "logs/sections/sections.bench.tsv"
-    resources:
-        runtime=60,
-        mem_mb=8000,
     shell:
-        "{PY} -m alta.sections --source {params.source} {params.where} --out {RES}/sections"
+        "{params.py} -m alta.sections --source {params.source} {params.where} --out {params.outdir}"
         " --text-source {params.text_source} --min-words {params.min_words} {params.overrides} > {log} 2>&1"
 
 
@@ -117,21 +138,27 @@ rule pair:
         stats=f"{RES}/pair/pairs_stats.json",
         train_csv=f"{RES}/pair/train.csv",
         dropped=f"{RES}/pair/dropped.parquet",
-    params:
-        cfg=lambda w: section("pair"),
-        split=lambda w, input: opt("--split-csv", input.split[0] if input.split else None),
-        gap=opt("--max-prior-gap-days", config["pair"].get("max_prior_gap_days")),
-        val_frac=config["pair"].get("val_frac", 0.1),
-        test_frac=config["pair"].get("test_frac", 0.1),
-        seed=config["seed"],
     log:
         "logs/pair/pair.log",
     benchmark:
         "logs/pair/pair.bench.tsv"
+    conda:
+        "../../envs/alta.yaml"
     resources:
         runtime=30,
         mem_mb=8000,
+    params:
+        py=PY,
+        outdir=lambda w, output: str(Path(output.pairs).parent),
+        cfg=lambda w: section("pair"),
+        split=lambda w, input: opt(
+            "--split-csv", input.split[0] if input.split else None
+        ),
+        gap=opt("--max-prior-gap-days", config["pair"].get("max_prior_gap_days")),
+        val_frac=config["pair"].get("val_frac", 0.1),
+        test_frac=config["pair"].get("test_frac", 0.1),
+        seed=config["seed"],
     shell:
-        "{PY} -m alta.pair --images {input.images} --sections {input.sections} {params.split}"
-        " --out {RES}/pair {params.gap} --val-frac {params.val_frac} --test-frac {params.test_frac}"
+        "{params.py} -m alta.pair --images {input.images} --sections {input.sections} {params.split}"
+        " --out {params.outdir} {params.gap} --val-frac {params.val_frac} --test-frac {params.test_frac}"
         " --seed {params.seed} > {log} 2>&1"

@@ -2,22 +2,6 @@
 # One metrics/<model>/<benchmark>.json per model and benchmark, a comparison table and plots (alta.evaluate).
 
 
-def eval_checkpoints(wildcards):
-    models = config["evaluate"]["models"]
-    out = {}
-    if "mrm" in models:
-        out["mrm"] = mrm_weights(wildcards)
-    if "align" in models:
-        out["align"] = rules.align.output.ckpt
-    if "official" in models:
-        out["official"] = config["evaluate"]["official_alta"]
-    return out
-
-
-def eval_model_args(wildcards, input):
-    return " ".join(f"--model {name}={input[name]}" for name in config["evaluate"]["models"])
-
-
 rule evaluate:
     input:
         unpack(eval_checkpoints),
@@ -27,20 +11,25 @@ rule evaluate:
     output:
         report=f"{RES}/evaluate/report.md",
         table=f"{RES}/evaluate/comparison.csv",
-    params:
-        cfg=lambda w: shlex.quote(section("evaluate")),
-        models=eval_model_args,
-        tok=tokenizer_dir,
-        text_dir=opt("--text-dir", config["align"].get("text_dir")),
-    threads: 2
     log:
         "logs/evaluate/evaluate.log",
     benchmark:
         "logs/evaluate/evaluate.bench.tsv"
+    conda:
+        "../../envs/alta.yaml"
+    threads: 2
     resources:
         runtime=240,
         mem_mb=16000,
+    params:
+        py=PY,
+        outdir=lambda w, output: str(Path(output.report).parent),
+        extract=lambda w, input: str(Path(input.images).parent),
+        cfg=lambda w: shlex.quote(section("evaluate")),
+        models=eval_model_args,
+        tok=tokenizer_dir,
+        text_dir=opt("--text-dir", config["align"].get("text_dir")),
     shell:
-        "{PY} -m alta.evaluate.run {params.models} --pairs {input.pairs} --images {input.images}"
-        " --extract-dir {RES}/extract --tokenizer {params.tok} {params.text_dir} --out {RES}/evaluate"
+        "{params.py} -m alta.evaluate.run {params.models} --pairs {input.pairs} --images {input.images}"
+        " --extract-dir {params.extract} --tokenizer {params.tok} {params.text_dir} --out {params.outdir}"
         " --config-json {params.cfg} > {log} 2>&1"
