@@ -1,0 +1,219 @@
+"""Extraction throughput: our per-file worker (``alta.extract.process_file``) vs a naive per-file loop, per core.
+
+What is measured, on the same files and in the same process (one thread; see :mod:`bench.run`):
+
+* ``naive``: ``pydicom.dcmread(path).pixel_array`` -> float64 min-max to [0, 1] (inverted for MONOCHROME1) ->
+  ``skimage.transform.resize(anti_aliasing=True)`` to a shorter side of 512 -> uint8 -> PNG file via Pillow
+  (default settings). This is the per-file loop a first implementation would write.
+* ``ours``: ``alta.extract.process_file`` as the stage's workers run it (validation, whitelisted header row,
+  ``mimic_jpg`` rendering with histogram equalisation, antialiased resize, PNG written atomically); its own
+  per-step timings give the breakdown.
+* ``decode``: ``pydicom.dcmread(path).pixel_array`` only, the floor any extraction pays.
+* Scaling: the whole ``alta extract shard`` stage (manifest source, one shard, parquet + packed store written)
+  over every file, with ``--workers 1`` and ``--workers 2`` (the stage's own process pool).
+
+File sets: the real DICOMs of ``../shared/data/dicom`` (one set per file: implicit VR 1024^2 8-bit, JPEG baseline
+1024^2, JPEG 2000 1955x1841 15-bit MONOCHROME1), each copied several times (skipped when the folder is absent),
+and large 16-bit explicit-VR DICOMs written by ``alta.demo.write_large`` (MIMIC-sized, 3000x2500 by default).
+Targets (architecture.md): ours >= 3x naive per core on uncompressed files; ours within 1.5x of decode-only on
+JPEG 2000.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+
+from bench.common import interleaved, ratio, row
+
+SECTION = "extraction"
+REAL_DIR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "dicom"
+REAL_FILES = {  # file -> (set key, description)
+    "nih-cxr14_sample.dcm": ("real_implicit_vr", "real implicit VR 1024x1024 8-bit (NIH)"),
+    "siim_sample.dcm": ("real_jpeg_baseline", "real JPEG baseline 1024x1024 (SIIM)"),
+    "wg04_RG1_J2KI.dcm": ("real_jpeg2000", "real JPEG 2000 1955x1841 15-bit MONO1 (WG04)"),
+}
+UNCOMPRESSED_SETS = ("real_implicit_vr", "large_16bit")
+SIZE = 512
+
+
+def naive_extract(path: str, out_png: Path) -> None:
+    """The naive per-file loop of the target: pydicom, float64 min-max, skimage resize, Pillow PNG."""
+    import pydicom
+    from PIL import Image
+    from skimage.transform import resize
+
+    ds = pydicom.dcmread(path)
+    x = ds.pixel_array.astype(np.float64)
+    lo, hi = x.min(), x.max()
+    x = (x - lo) / (hi - lo) if hi > lo else np.zeros_like(x)
+    if str(ds.get("PhotometricInterpretation", "")).strip() == "MONOCHROME1":
+        x = 1.0 - x
+    h, w = x.shape
+    shape = (SIZE, int(w * SIZE / h + 0.5)) if h <= w else (int(h * SIZE / w + 0.5), SIZE)
+    small = resize(x, shape, anti_aliasing=True)
+    Image.fromarray(np.clip(np.rint(small * 255), 0, 255).astype(np.uint8)).save(out_png)
+
+
+def decode_only(path: str) -> np.ndarray:
+    import pydicom
+
+    return pydicom.dcmread(path).pixel_array
+
+
+def prepare(work: Path, n_real_copies: int, n_large: int, large_shape: tuple[int, int]) -> dict[str, dict]:
+    """Write the file sets under ``work``; return ``{set key: {"desc", "files": [abs paths]}}``."""
+    from alta.demo import write_large
+
+    sets: dict[str, dict] = {}
+    if REAL_DIR.is_dir():
+        for name, (key, desc) in REAL_FILES.items():
+            src = REAL_DIR / name
+            if not src.is_file():
+                continue
+            files = []
+            for k in range(n_real_copies):
+                dst = work / "real" / f"{src.stem}_{k:02d}.dcm"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(src, dst)
+                files.append(str(dst))
+            sets[key] = {"desc": f"{desc}, {n_real_copies} copies", "files": files}
+    if n_large:
+        root = work / "large"
+        rel = write_large(root, n_large, seed=0, shape=large_shape)
+        sets["large_16bit"] = {"desc": f"demo 16-bit explicit VR {large_shape[0]}x{large_shape[1]}, {n_large} files",
+                               "files": [str(root / p) for p in rel]}
+    return sets
+
+
+def _tasks(files: list[str], shard: str = "m00"):
+    from alta.extract_inputs import Task
+
+    return [Task(path=f, source_path=f, image_id=f"img{i:04d}", subject_id=f"{i:04d}a", study_id=f"5{i:04d}",
+                 shard=shard, kind="dicom") for i, f in enumerate(files)]
+
+
+def measure_set(key: str, spec: dict, work: Path, repeats: int) -> dict:
+    from alta import extract
+
+    files = spec["files"]
+    n = len(files)
+    naive_dir = work / "naive_png" / key
+    naive_dir.mkdir(parents=True, exist_ok=True)
+    cfg = {"render": "mimic_jpg", "size": SIZE, "colour": "luminance", "out": str(work / "ours_out" / key)}
+    tasks = _tasks(files)
+    metas: list[dict] = []
+
+    def run_ours():
+        metas.clear()
+        for t in tasks:
+            row_, _, meta = extract.process_file(t, cfg)
+            if not meta["kept"]:
+                raise RuntimeError(f"bench extraction: {t.path} was rejected: {row_}")
+            metas.append(meta)
+
+    res = {"desc": spec["desc"], "n_files": n}
+    res.update(interleaved({"naive": lambda: [naive_extract(f, naive_dir / f"{i}.png") for i, f in enumerate(files)],
+                            "decode": lambda: [decode_only(f) for f in files], "ours": run_ours}, repeats))
+    for k in ("naive", "decode", "ours"):
+        res[k]["per_image_s"] = res[k]["median_s"] / n
+        res[k]["images_per_s"] = n / res[k]["median_s"]
+    res["ours_breakdown_ms"] = {k[2:]: round(1000 * float(np.mean([m[k] for m in metas])), 2)
+                                for k in ("t_decode", "t_render", "t_resize", "t_write")}
+    res["speedup_vs_naive"] = ratio(res["naive"]["median_s"], res["ours"]["median_s"])
+    res["cost_vs_decode"] = ratio(res["ours"]["median_s"], res["decode"]["median_s"])
+    return res
+
+
+@contextlib.contextmanager
+def _no_tracking_env():
+    """The bench's stage runs must not log to a user's MLflow: only the local tracking.jsonl is written."""
+    saved = {k: os.environ.pop(k) for k in ("ALTA_TRACKING_CONTEXT", "MLFLOW_TRACKING_URI") if k in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def measure_scaling(files: list[str], work: Path, repeats: int, workers=(1, 2)) -> dict:
+    """Wall time of the whole ``alta extract shard`` stage over ``files`` with 1 and 2 worker processes."""
+    from alta import extract
+
+    manifest = work / "scaling" / "manifest.csv"
+    manifest.parent.mkdir(parents=True, exist_ok=True)
+    with open(manifest, "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["subject_id", "study_id", "image_id", "path", "view_position", "study_date", "study_time"])
+        for i, f in enumerate(files):
+            w.writerow([f"{i:04d}a", f"5{i:04d}", f"img{i:04d}", f, "PA", "21800101", "101010"])
+
+    def stage(nw: int):
+        out = work / "scaling" / f"out_w{nw}"
+        args = ["shard", "--source", "manifest", "--manifest", str(manifest), "--shard", "m00", "--n-shards", "1",
+                "--out", str(out), "--workers", str(nw), "--size", str(SIZE)]
+        with _no_tracking_env():
+            rc = extract.main(args)
+        if rc != 0:
+            raise RuntimeError(f"bench extraction: alta extract {' '.join(args)} exited with {rc}")
+
+    res: dict = {"n_files": len(files)}
+    times = interleaved({f"workers_{nw}": (lambda nw=nw: stage(nw)) for nw in workers}, repeats, warmup=1)
+    for key, t in times.items():
+        t["images_per_s"] = len(files) / t["median_s"]
+        res[key] = t
+    if len(workers) >= 2:
+        a, b = workers[0], workers[-1]
+        res["speedup"] = ratio(res[f"workers_{a}"]["median_s"], res[f"workers_{b}"]["median_s"])
+        res["efficiency"] = None if res["speedup"] is None else res["speedup"] / (b / a)
+    return res
+
+
+def run(work: Path, quick: bool = False) -> dict:
+    work = Path(work) / SECTION
+    work.mkdir(parents=True, exist_ok=True)
+    copies, n_large, repeats = (2, 2, 2) if quick else (7, 6, 5)
+    large_shape = (1536, 1280) if quick else (3000, 2500)
+    sets = prepare(work, copies, n_large, large_shape)
+    details: dict = {"sets": {}, "size": SIZE, "real_dir_present": REAL_DIR.is_dir(), "repeats": repeats}
+    rows = []
+    if not REAL_DIR.is_dir():
+        rows.append(row(SECTION, "real DICOMs", None, "", f"skipped: {REAL_DIR} is absent"))
+    for key, spec in sets.items():
+        r = measure_set(key, spec, work, repeats)
+        details["sets"][key] = r
+        bd = r["ours_breakdown_ms"]
+        rows += [
+            row(SECTION, f"{key}: naive", r["naive"]["images_per_s"], "img/s/core", r["desc"]),
+            row(SECTION, f"{key}: ours", r["ours"]["images_per_s"], "img/s/core",
+                f"decode {bd['decode']} + render {bd['render']} + resize {bd['resize']} + png {bd['write']} ms"),
+            row(SECTION, f"{key}: decode only", r["decode"]["images_per_s"], "img/s/core", "pydicom pixel_array"),
+            row(SECTION, f"{key}: ours vs naive", r["speedup_vs_naive"], "x faster",
+                "target >= 3x" if key in UNCOMPRESSED_SETS else ""),
+            row(SECTION, f"{key}: ours / decode-only", r["cost_vs_decode"], "x time",
+                "target <= 1.5x" if key == "real_jpeg2000" else ""),
+        ]
+    all_files = [f for spec in sets.values() for f in spec["files"]]
+    all_files = all_files * max(1, -(-(16 if quick else 48) // max(1, len(all_files))))  # enough to amortise start-up
+    sc = measure_scaling(all_files, work, 1 if quick else 3)
+    details["scaling"] = sc
+    rows += [row(SECTION, f"stage, {w} worker{'s' if w > 1 else ''}", sc[f"workers_{w}"]["images_per_s"], "img/s",
+                 f"alta extract shard, {sc['n_files']} files (all sets), parquet + store + PNGs") for w in (1, 2)]
+    rows.append(row(SECTION, "stage scaling 1 -> 2 workers", sc.get("speedup"), "x",
+                    f"efficiency {sc['efficiency']:.2f}; {os.cpu_count()} logical CPUs, shared machine"
+                    if sc.get("efficiency") is not None else ""))
+    targets = []
+    for key in UNCOMPRESSED_SETS:
+        if key in details["sets"]:
+            v = details["sets"][key]["speedup_vs_naive"]
+            targets.append({"name": f"extraction {key}: ours vs naive per core", "value": v, "target": ">= 3",
+                            "met": v is not None and v >= 3})
+    if "real_jpeg2000" in details["sets"]:
+        v = details["sets"]["real_jpeg2000"]["cost_vs_decode"]
+        targets.append({"name": "extraction JPEG 2000: ours / decode-only", "value": v, "target": "<= 1.5",
+                        "met": v is not None and v <= 1.5})
+    return {"rows": rows, "details": details, "targets": targets}
