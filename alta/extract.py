@@ -125,10 +125,11 @@ def process_file(task: Task, cfg: dict) -> tuple[dict, np.ndarray | None, dict]:
 
 
 def _write_output(path: Path, data: bytes) -> None:
-    """Atomic write whose OSError names the destination (a full or read-only disk stops the shard; it is not
-    a per-file reject)."""
+    """Atomic PNG write whose OSError names the destination (a full or read-only disk stops the shard; it is not
+    a per-file reject). No fsync: the PNGs are inspection copies that nothing reads back, and the flush cost more
+    than the encoding; the store and the tables, which training reads, are fsynced."""
     try:
-        io.write_bytes(path, data)
+        io.write_bytes(path, data, fsync=False)
     except OSError as exc:
         raise OSError(exc.errno, exc.strerror or str(exc), str(path)) from exc
 

@@ -23,10 +23,13 @@ import pyarrow.parquet as pq
 
 
 @contextlib.contextmanager
-def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+def atomic_path(dest: str | os.PathLike, suffix: str | None = None, fsync: bool = True) -> Iterator[Path]:
     """Yield a temporary path beside ``dest``; on success rename it to ``dest``, on error delete it.
 
     The temporary name starts with ``.`` and ends with ``.tmp`` so that globbing for outputs never picks it up.
+    ``fsync=False`` skips flushing to stable storage before the rename: the file is still never seen half-written
+    by a process, only an operating-system crash could leave it empty. Use it for derived copies nothing reads
+    back (the inspection PNGs), where the flush dominates the cost.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -35,8 +38,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        with open(tmp_path, "rb+") as fh:
-            os.fsync(fh.fileno())
+        if fsync:
+            with open(tmp_path, "rb+") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp_path, dest)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -44,9 +48,9 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None) -> Iterator[
         raise
 
 
-def write_bytes(dest: str | os.PathLike, data: bytes) -> None:
-    """Atomically write ``data`` to ``dest``."""
-    with atomic_path(dest) as tmp:
+def write_bytes(dest: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
+    """Atomically write ``data`` to ``dest`` (see :func:`atomic_path` for ``fsync``)."""
+    with atomic_path(dest, fsync=fsync) as tmp:
         tmp.write_bytes(data)
 
 
