@@ -19,9 +19,7 @@ split over the ranks. Exit codes: 0 done, 3 non-finite loss, 143/138 checkpoint 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -30,7 +28,7 @@ import torch.nn.functional as F
 from alta import augment as A
 from alta import data as altadata
 from alta.tokenizer import load_tokenizer, special_ids
-from alta.trainlog import call_with_supported, load_stage_config, model_sizes, run_stage, save_tokenizer
+from alta.trainlog import call_with_supported, model_sizes, save_tokenizer, stage_main, stage_parser
 
 log = logging.getLogger("alta.align")
 
@@ -116,32 +114,15 @@ def build_task(args, cfg: dict, info):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alta align", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", required=True, help="pairs.parquet (alta pair)")
-    p.add_argument("--images", required=True, help="images.parquet (alta extract)")
-    p.add_argument("--extract-dir", required=True, help="extract output folder holding shards/<shard>/store.u8")
+    p = stage_parser("align", __doc__)
     p.add_argument("--mrm-weights", default="none", help="MRM checkpoint to initialise the encoder/decoder, or none")
     p.add_argument("--text-dir", default="none", help="local CXR-BERT directory, or none (preset-sized random BERT)")
-    p.add_argument("--tokenizer", required=True, help="tokenizer directory")
-    p.add_argument("--out", required=True, help="output folder (checkpoint.pt, best.pt, tokenizer/, ...)")
-    p.add_argument("--config", help="YAML/JSON config file")
-    p.add_argument("--section", default="align", help="section of --config to read (default: align)")
-    p.add_argument("--config-json", help="JSON object overriding config keys, e.g. '{\"max_steps\": 4}'")
-    p.add_argument("--print-defaults", action="store_true", help="print the default config and exit")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--print-defaults" in argv:
-        print(json.dumps(DEFAULTS, indent=2))
-        return 0
-    args = parser().parse_args(argv)
-    cfg = load_stage_config(DEFAULTS, args.config, args.section, args.config_json)
-    config = {**cfg, "pairs": str(args.pairs), "images": str(args.images), "mrm_weights": str(args.mrm_weights),
-              "text_dir": str(args.text_dir), "tokenizer": str(args.tokenizer)}
-    return run_stage("align", config, Path(args.out), lambda info: build_task(args, cfg, info))
+    return stage_main("align", DEFAULTS, parser(), argv, build_task,
+                      lambda a: {"mrm_weights": str(a.mrm_weights), "text_dir": str(a.text_dir)})
 
 
 if __name__ == "__main__":

@@ -22,9 +22,7 @@ SIGTERM/SIGUSR1 with a checkpoint saved.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -33,7 +31,7 @@ from alta import augment as A
 from alta import data as altadata
 from alta import io
 from alta.tokenizer import load_tokenizer
-from alta.trainlog import call_with_supported, load_stage_config, model_sizes, run_stage, save_tokenizer
+from alta.trainlog import call_with_supported, model_sizes, save_tokenizer, stage_main, stage_parser
 
 log = logging.getLogger("alta.mrm")
 
@@ -95,31 +93,13 @@ def build_task(args, cfg: dict, info):
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="alta mrm", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--pairs", required=True, help="pairs.parquet (alta pair)")
-    p.add_argument("--images", required=True, help="images.parquet (alta extract)")
-    p.add_argument("--extract-dir", required=True, help="extract output folder holding shards/<shard>/store.u8")
-    p.add_argument("--tokenizer", required=True, help="tokenizer directory (alta tokenizer)")
+    p = stage_parser("mrm", __doc__)
     p.add_argument("--sections", help="sections.parquet (needed for text_source: full_report)")
-    p.add_argument("--out", required=True, help="output folder (checkpoint.pt, last.pt, tokenizer/, ...)")
-    p.add_argument("--config", help="YAML/JSON config file")
-    p.add_argument("--section", default="mrm", help="section of --config to read (default: mrm)")
-    p.add_argument("--config-json", help="JSON object overriding config keys")
-    p.add_argument("--print-defaults", action="store_true", help="print the default config and exit")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if "--print-defaults" in argv:
-        print(json.dumps(DEFAULTS, indent=2))
-        return 0
-    args = parser().parse_args(argv)
-    cfg = load_stage_config(DEFAULTS, args.config, args.section, args.config_json)
-    config = {**cfg, "pairs": str(args.pairs), "images": str(args.images), "tokenizer": str(args.tokenizer),
-              "sections": str(args.sections)}
-    return run_stage("mrm", config, Path(args.out), lambda info: build_task(args, cfg, info))
+    return stage_main("mrm", DEFAULTS, parser(), argv, build_task, lambda a: {"sections": str(a.sections)})
 
 
 if __name__ == "__main__":

@@ -7,7 +7,9 @@ the section is a mapping), ``--config-json '{...}'``. Unknown keys are an error 
 
 from __future__ import annotations
 
+import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -179,3 +181,33 @@ def run_stage(stage: str, config: dict, out_dir: Path, build_task) -> int:
         return exc.exit_code
     finally:
         D.cleanup()
+
+
+def stage_parser(stage: str, doc: str) -> argparse.ArgumentParser:
+    """The command line both training stages share; each stage adds its own model-input options."""
+    p = argparse.ArgumentParser(prog=f"alta {stage}", description=doc,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--pairs", required=True, help="pairs.parquet (alta pair)")
+    p.add_argument("--images", required=True, help="images.parquet (alta extract)")
+    p.add_argument("--extract-dir", required=True, help="extract output folder holding shards/<shard>/store.u8")
+    p.add_argument("--tokenizer", required=True, help="tokenizer directory (alta tokenizer, or a local CXR-BERT)")
+    p.add_argument("--out", required=True, help="output folder (checkpoint.pt, last.pt, tokenizer/, ...)")
+    p.add_argument("--config", help="YAML/JSON config file")
+    p.add_argument("--section", default=stage, help=f"section of --config to read (default: {stage})")
+    p.add_argument("--config-json", help="JSON object overriding config keys, e.g. '{\"max_steps\": 4}'")
+    p.add_argument("--print-defaults", action="store_true", help="print the default config and exit")
+    return p
+
+
+def stage_main(stage: str, defaults: dict, parser: argparse.ArgumentParser, argv, build_task, inputs) -> int:
+    """Parse ``argv``, merge the config over ``defaults`` and run the stage; ``inputs(args)`` names the input
+    paths recorded with the run's parameters."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--print-defaults" in argv:
+        print(json.dumps(defaults, indent=2))
+        return 0
+    args = parser.parse_args(argv)
+    cfg = load_stage_config(defaults, args.config, args.section, args.config_json)
+    config = {**cfg, "pairs": str(args.pairs), "images": str(args.images), "tokenizer": str(args.tokenizer),
+              **inputs(args)}
+    return run_stage(stage, config, Path(args.out), lambda info: build_task(args, cfg, info))
