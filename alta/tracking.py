@@ -65,6 +65,12 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _server_rejected(exc: Exception) -> bool:
+    """True when the server answered and refused a record (HTTP 4xx / invalid value), not when it is unreachable."""
+    code = getattr(exc, "error_code", "") or ""
+    return code in {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS"}
+
+
 def _client(uri: str):
     from mlflow.tracking import MlflowClient
 
@@ -150,6 +156,10 @@ class StageRun:
         try:
             fn(*args, **kwargs)
         except Exception as exc:  # noqa: BLE001
+            if _server_rejected(exc):  # a bad value or name: keep the server for the rest of the records
+                log.warning("MLflow rejected a record (%s); it is kept in %s", str(exc).splitlines()[0],
+                            self.local_file)
+                return
             if not self._warned:
                 log.warning("MLflow tracking failed (%s). The stage continues; records are kept in %s and can be "
                             "replayed with `alta tracking-sync %s`.", exc, self.local_file, self.local_file)
@@ -209,6 +219,12 @@ class StageRun:
 
     def _close(self, status: str) -> None:
         self._local("end", {"status": status})
+        if self.run_id is not None and self._client is None:
+            # the server failed earlier: try once more so the run does not stay RUNNING if it is back
+            try:
+                self._client = _client(self.ctx["tracking_uri"])
+            except Exception:  # noqa: BLE001
+                return
         if self._client is not None:
             self._remote(self._client.set_terminated, self.run_id, status)
 

@@ -164,7 +164,13 @@ class SlurmCluster:
         return _wait(empty, timeout)
 
     def stop(self) -> None:
-        # slurmd first, so that no step is left orphaned while the controller is still there to record it.
+        # Cancel what is left of this cluster's jobs (a test that failed part-way), so that no job step outlives
+        # slurmd; then slurmd before the controller, and munge last.
+        if all(self.procs.get(n) is not None and self.procs[n].poll() is None for n in ("slurmctld", "slurmd")):
+            ids = self.run("squeue", "--noheader", "-o", "%i", check=False, timeout=10).stdout.split()
+            if ids:
+                self.run("scancel", "--full", *ids, check=False, timeout=10)
+                self.wait_idle(timeout=20)
         for name in ("slurmd", "slurmctld", "munged"):
             _stop(self.procs.get(name))
 
@@ -202,7 +208,9 @@ def start_cluster(root: Path, timeout: float = 30, partition: str = "debug") -> 
             raise Unavailable(f"slurmctld did not answer within {timeout:.0f}s\n{cluster.logs()}")
         cluster.procs["slurmd"] = subprocess.Popen(_slurmd_command(cluster, bins["slurmd"]), env=cluster.env,
                                                    stdout=log, stderr=log, start_new_session=True)
-        if not _wait(lambda: cluster.node_state() == "idle", timeout):
+        slurmd = cluster.procs["slurmd"]
+        if not _wait(lambda: slurmd.poll() is not None or cluster.node_state() == "idle", timeout) \
+                or slurmd.poll() is not None:
             raise Unavailable(f"node {host} not idle within {timeout:.0f}s (state: {cluster.node_state()})\n"
                               f"{cluster.logs()}")
         for name, p in cluster.procs.items():

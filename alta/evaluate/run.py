@@ -177,8 +177,14 @@ def evaluate_model(name: str, ckpt: str, args, cfg: dict) -> dict[str, dict]:
             res["model"] = {"name": name, "checkpoint": ckpt, **emb.describe()}
             io.write_json(Path(args.out) / "metrics" / name / f"{bench}.json", _finite(res))
             results[bench] = res
-            run.log_metrics({f"{bench}.{k}": v for k, v in res.items() if _is_number(v)})
+            run.log_metrics({mlflow_name(f"{bench}.{k}"): v for k, v in res.items() if _is_number(v)})
     return results
+
+
+def mlflow_name(key: str) -> str:
+    """MLflow metric names allow letters, digits, ``_ - . / `` and spaces: ``i2t_P@5`` is logged as ``i2t_P_at_5``
+    (metric files keep the ``@`` names of evaluation.md)."""
+    return key.replace("@", "_at_")
 
 
 def _is_number(v) -> bool:

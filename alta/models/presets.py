@@ -114,7 +114,10 @@ PRESETS: dict[str, ModelConfig] = {
         img_size=64, patch_size=8, embed_dim=64, depth=4, num_heads=4,
         decoder_embed_dim=64, decoder_depth=2, decoder_num_heads=4, proj_dim=32,
         text_vocab_size=None, text_hidden=64, text_layers=2, text_heads=4, text_intermediate=128,
-        text_max_positions=256, text_dropout=0.1,  # 256: retrieval texts are cut at 256 (§3 #17)
+        text_max_positions=256,  # 256: retrieval texts are cut at 256 (§3 #17)
+        # No dropout in the tiny text tower: it is a random, frozen BERT (no pretrained CXR-BERT offline), and
+        # dropout noise on its weak [CLS] signal stopped the global contrastive loss from learning at all.
+        text_dropout=0.0,
         # A random frozen BERT at std 0.02 gives near-constant [CLS] outputs (pairwise distance ~0.05 at width 64),
         # and the global loss then collapses to ln(B); std 0.3 keeps different reports distinguishable.
         text_init_std=0.3,
