@@ -113,8 +113,8 @@ def main(argv: list[str] | None = None) -> int:
     if not argv or argv[0] not in ("embed", "zeroshot"):
         print("usage: python -m alta.embed {embed|zeroshot} ...  (or: alta embed / alta zeroshot)")
         return 2
-    torch.set_grad_enabled(False)
-    return embed(argv[1:]) if argv[0] == "embed" else zeroshot(argv[1:])
+    with torch.inference_mode():
+        return embed(argv[1:]) if argv[0] == "embed" else zeroshot(argv[1:])
 
 
 if __name__ == "__main__":

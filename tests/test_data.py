@@ -183,14 +183,16 @@ def test_loader_with_workers_matches_in_process(synth, tok):
 def test_augmentation_shares_parameters_within_pairs():
     g = torch.Generator().manual_seed(0)
     aug = A.AltaTrainAugment(32, 64, g)
-    smooth = torch.nn.functional.interpolate(torch.rand(3, 2, 8, 8), size=(80, 80), mode="bilinear")
+    noise = torch.rand(3, 2, 8, 8, generator=torch.Generator().manual_seed(1))  # seeded: the bound below is tight
+    smooth = torch.nn.functional.interpolate(noise, size=(80, 80), mode="bilinear")
     base = (smooth * 255).round().to(torch.uint8)  # smooth images: resampling error stays small
     views = torch.stack([base[:, 0], base[:, 1], base[:, 0], base[:, 1]], 1)  # pf = cf, pl = cl
     present = torch.ones(3, 4, dtype=torch.bool)
     cf_t, v, pres = aug(views, present)
     assert cf_t.shape == (3, 3, 64, 64) and v.shape == (3, 4, 3, 32, 32)
     # pf got cf's parameters at S; cf itself was augmented at 2S and resized -> equal up to resampling error
-    assert (v[:, 2] - v[:, 0]).abs().mean() < 0.02
+    # (normalised units: 0.04 is about 3 grey levels; a different sample's parameters give > 0.1)
+    assert (v[:, 2] - v[:, 0]).abs().mean() < 0.04
     assert (v[:, 2] - v[:, 0].roll(1, 0)).abs().mean() > 0.1  # other samples' parameters differ
     assert torch.allclose(v[:, 3], v[:, 1], atol=1e-5)
     assert not torch.allclose(v[:, 1], v[:, 0])

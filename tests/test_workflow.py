@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import time
 from pathlib import Path
 
 import pandas as pd
@@ -26,7 +25,7 @@ def planned_jobs(work: Path, *args: str) -> dict[str, int]:
             m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
             if not m:
                 break
-            if m.group(1) != "total":
+            if m.group(1) not in ("total", "all"):  # `all` is the target, not a stage
                 jobs[m.group(1)] = int(m.group(2))
     return jobs
 
@@ -69,7 +68,13 @@ def test_no_planted_phi_anywhere(demo_workflow, mlflow_uri):
     assert phi
     demo_root = work / "results" / "demo_data"
     checked = 0
-    files = [p for p in (work / "results").rglob("*") if p.is_file() and demo_root not in p.parents]
+    # Raw pixel buffers (store.u8, PNG image data) are not text: mid-grey runs such as 50,49,49,49 are ASCII
+    # digits and can spell a planted date by chance. PNGs are checked to carry no text chunks at all instead.
+    files = [p for p in (work / "results").rglob("*") if p.is_file() and demo_root not in p.parents
+             and p.suffix not in (".u8", ".png")]
+    for png in (work / "results" / "extract" / "png").rglob("*.png"):
+        data = png.read_bytes()
+        assert not any(tag in data for tag in (b"tEXt", b"iTXt", b"zTXt", b"eXIf")), png
     files += [p for p in (work / "logs").rglob("*") if p.is_file()]
     files += [Path(mlflow_uri[len("sqlite:///"):])]
     files += [p for p in (work / "mlruns").rglob("*") if p.is_file()] if (work / "mlruns").exists() else []
@@ -98,10 +103,8 @@ def test_changed_evaluate_config_reruns_only_evaluate(demo_workflow):
 def test_changed_report_reruns_text_side_only(demo_workflow):
     work, _ = demo_workflow
     report = sorted((work / "results" / "demo_data" / "files").rglob("s*.txt"))[0]
-    later = time.time() + 5
-    import os
-
-    os.utime(report, (later, later))
+    # a content change: Snakemake compares checksums of small inputs, so a bare `touch` is (rightly) not a change
+    report.write_text(report.read_text() + " Addendum: the findings were discussed with the team.\n")
     jobs = planned_jobs(work, "all")
     assert "sections" in jobs and "pair" in jobs and "align" in jobs and "evaluate" in jobs
     assert not any(j.startswith("extract") for j in jobs)

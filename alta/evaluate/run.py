@@ -217,9 +217,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--config-json", default="{}", help="the evaluate config section as JSON")
     args = ap.parse_args(argv)
     cfg = json.loads(args.config_json)
-    torch.set_grad_enabled(False)
     models = dict(m.split("=", 1) for m in args.model)
-    all_results = {name: evaluate_model(name, ckpt, args, cfg) for name, ckpt in models.items()}
+    with torch.inference_mode():
+        all_results = {name: evaluate_model(name, ckpt, args, cfg) for name, ckpt in models.items()}
     table = R.comparison_table(all_results, HEADLINE)
     out = Path(args.out)
     io.write_text(out / "comparison.csv", table.to_csv(index=False))

@@ -146,7 +146,8 @@ def torchrun(stage):
     """torchrun with one process per GPU of the job, or config[stage].nproc CPU processes.
 
     ``exec`` replaces the job's shell by torchrun, so a SIGTERM (Slurm preemption) reaches torchrun, which passes
-    it to the workers and waits while they save ``last.pt``, instead of the shell dying first."""
+    it to the workers and waits while they save ``last.pt``, instead of the shell dying first.
+    """
     nproc = config[stage].get("nproc", 1)
     return (
         f"NPROC=$(( {{resources.gpu}} > 0 ? {{resources.gpu}} : {nproc} )); OMP_NUM_THREADS={{threads}} "
