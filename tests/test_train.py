@@ -219,3 +219,31 @@ def test_ddp_two_ranks_gives_single_process_gradients(tmp_path):
     for k in single:
         assert torch.allclose(g0[k], g1[k], atol=1e-6), k  # DDP synchronised the ranks
         assert torch.allclose(g0[k], single[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_sigkill_mid_training_then_rerun_resumes_to_the_same_final_step(synth, tmp_path):
+    """A hard kill (no handler runs) loses at most the steps since the last periodic checkpoint: the rerun resumes
+    from last.pt and ends at the configured final step; no checkpoint.pt appears before the run really ends."""
+    import subprocess
+    import time
+
+    out = tmp_path / "killed"
+    cfg = json.dumps({**SMALL, "max_steps": 12, "max_epochs": 20, "ckpt_every": 2, "val_max_rows": 4})
+    cmd = [sys.executable, "-m", "alta.align", "--pairs", str(synth.pairs), "--images", str(synth.images),
+           "--extract-dir", str(synth.extract), "--tokenizer", str(synth.tok), "--out", str(out),
+           "--config-json", cfg]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while not (out / "last.pt").exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.kill()
+    proc.wait()
+    if proc.returncode == 0:
+        pytest.skip("the run finished before it could be killed")
+    assert not (out / "checkpoint.pt").exists()
+    killed_at = torch.load(out / "last.pt", map_location="cpu", weights_only=False)["step"]
+    assert 0 < killed_at < 12
+    assert subprocess.run(cmd, capture_output=True, timeout=600).returncode == 0
+    final = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert final["step"] == 12
+    assert [h["step"] for h in final["history"]][-1] == 12
