@@ -13,7 +13,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless
-from test_render import make_dataset, write_dicom
+from test_render import make_dataset, ramp_image, write_dicom
+from test_render import study_dir as _study
 
 from alta import extract, io, store
 from alta.extract_inputs import list_shards, manifest_shard, shard_files
@@ -23,15 +24,7 @@ SIZE = 48
 
 
 def _img(seed: int, shape=(60, 80), bits=12) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = np.linspace(0, 1, shape[1])[None, :] * np.linspace(0.5, 1, shape[0])[:, None]
-    return (np.clip(base + rng.normal(0, 0.05, shape), 0, 1) * (2 ** bits - 1)).astype(np.uint16)
-
-
-def _study(root: Path, subject: str, study: str) -> Path:
-    d = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return ramp_image(shape, bits, seed, lo=0.5, noise=0.05)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,8 @@ import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEGBaseline8Bit, UID
-from test_render import make_dataset, write_dicom
+from test_render import make_dataset, ramp_image, write_dicom
+from test_render import study_dir as _study
 
 from alta import io
 from alta.extract_inputs import manifest_shard
@@ -50,15 +51,7 @@ def assert_one_line_failure(proc: subprocess.CompletedProcess, *must_name: str) 
 
 
 def _ramp(shape=(64, 80), bits=12, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    base = np.linspace(0, 1, shape[1])[None, :] * np.linspace(0.4, 1, shape[0])[:, None]
-    return (np.clip(base + rng.normal(0, 0.03, shape), 0, 1) * (2 ** bits - 1)).astype(np.uint16)
-
-
-def _study(root: Path, subject: str, study: str) -> Path:
-    d = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
+    return ramp_image(shape, bits, seed, lo=0.4, noise=0.03)
 
 
 def _good(path: Path, seed: int, **header) -> None:

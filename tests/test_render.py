@@ -49,6 +49,20 @@ def make_dataset(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stor
     return ds
 
 
+def ramp_image(shape=(60, 80), bits=12, seed=0, lo=0.5, noise=0.05) -> np.ndarray:
+    """A smooth, slightly noisy ramp stored in ``bits`` bits: a radiograph stand-in that every codec can encode."""
+    rng = np.random.default_rng(seed)
+    base = np.linspace(0, 1, shape[1])[None, :] * np.linspace(lo, 1, shape[0])[:, None]
+    return (np.clip(base + rng.normal(0, noise, shape), 0, 1) * (2 ** bits - 1)).astype(np.uint16)
+
+
+def study_dir(root: Path, subject: str, study: str) -> Path:
+    """``files/pXX/pSUBJECT/sSTUDY`` under ``root`` (MIMIC-CXR layout), created."""
+    d = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
+    d.mkdir(parents=True, exist_ok=True)
+    return d
+
+
 def write_dicom(path: Path, ds: Dataset) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     ds.save_as(path, enforce_file_format=True)

@@ -153,7 +153,7 @@ class Embedder:
         """
         cleaned = _clean(texts, protocol.clean)
         max_len = min(protocol.max_length, self.max_positions)
-        lengths = [len(self.tokenizer(t, add_special_tokens=True)["input_ids"]) for t in cleaned]
+        lengths = [len(ids) for ids in self.tokenizer(cleaned, add_special_tokens=True)["input_ids"]] if cleaned else []
         n_long = sum(n > max_len for n in lengths)
         if n_long and not protocol.truncation:
             log.info("%d texts exceed %d tokens; padding to the longest instead (no truncation)", n_long, max_len)

@@ -45,26 +45,22 @@ def _data_ready():
         checkpoints.demo_data.get()
 
 
+def _mimic_table(key, name):
+    """The configured data.<key>, else <root>/<name> when the input is a MIMIC tree that has it (the demo's will)."""
+    if DATA.get(key):
+        return DATA[key]
+    cand = Path(ROOT or ".") / name
+    if DATA["source"] == "manifest" or not (config["demo"]["enabled"] or cand.exists()):
+        return None
+    return str(cand)
+
+
 def _metadata_csv():
-    if DATA.get("metadata_csv"):
-        return DATA["metadata_csv"]
-    cand = Path(ROOT or ".") / "mimic-cxr-2.0.0-metadata.csv.gz"
-    return (
-        str(cand)
-        if (config["demo"]["enabled"] or cand.exists()) and DATA["source"] != "manifest"
-        else None
-    )
+    return _mimic_table("metadata_csv", "mimic-cxr-2.0.0-metadata.csv.gz")
 
 
 def _split_csv():
-    if DATA.get("split_csv"):
-        return DATA["split_csv"]
-    cand = Path(ROOT or ".") / "mimic-cxr-2.0.0-split.csv.gz"
-    return (
-        str(cand)
-        if (config["demo"]["enabled"] or cand.exists()) and DATA["source"] != "manifest"
-        else None
-    )
+    return _mimic_table("split_csv", "mimic-cxr-2.0.0-split.csv.gz")
 
 
 def shard_names(wildcards=None):
