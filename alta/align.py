@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from alta import augment as A
 from alta import data as altadata
+from alta.evaluate import metrics as M
 from alta.tokenizer import load_tokenizer, special_ids
 from alta.trainlog import call_with_supported, model_sizes, save_tokenizer, stage_main, stage_parser
 
@@ -45,12 +46,16 @@ DEFAULTS: dict = {
 
 def retrieval_validator(pairs, images, extract_dir, collate, img_size: int, mean: float, std: float,
                         device: torch.device, max_rows: int, batch: int = 64):
-    """Image->text Recall@5 on validate studies (one row per study, first ``max_rows`` by study_id); None if < 2."""
+    """Image->text Recall@5 on validate studies (one row per study, first ``max_rows`` by study_id); None if < 2.
+
+    Scored by ``alta.evaluate.metrics.recall_at_k`` like the held-out benchmark: identical texts count as positives
+    and ties rank pessimistically, so a collapsed (constant) embedding scores chance and never becomes best.pt."""
     val = pairs[pairs["split"] == "validate"].sort_values(["study_id", "dicom_id"]).drop_duplicates("study_id")
     val = val.head(max_rows)
     if len(val) < 2:
         return None
     ds = altadata.PairsDataset(val, images, extract_dir, split=None, shuffle_text=False)
+    _, positives = M.duplicate_positive_sets(ds.texts)
 
     def validate(model) -> dict:
         imgs, txts = [], []
@@ -60,9 +65,10 @@ def retrieval_validator(pairs, images, extract_dir, collate, img_size: int, mean
             imgs.append(F.normalize(model.encode_image(A.to_model_input(x, mean, std)).float(), dim=-1))
             t = model.encode_text(b["input_ids"].to(device), b["attention_mask"].to(device), normalize=True)
             txts.append(F.normalize(t.float(), dim=-1))
-        sim = torch.cat(imgs) @ torch.cat(txts).T
-        rank = (sim > sim.diagonal()[:, None]).sum(1)
-        return {"metric": "retrieval_r5", "value": float((rank < 5).float().mean()), "n": len(ds)}
+        sim = (torch.cat(imgs) @ torch.cat(txts).T).cpu().numpy()
+        k = min(5, len(ds))
+        r = M.recall_at_k(sim, positives, ks=[k])
+        return {"metric": "retrieval_r5", "value": r[f"R@{k}"], "n": len(ds)}
 
     return validate
 

@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sections": ("alta.sections", "reports -> sections.parquet (MIT-LCP sectioning, training text)"),
     "pair": ("alta.pair", "images + sections -> temporal multi-view pairs.parquet"),
     "tokenizer": ("alta.tokenizer", "train a WordPiece tokenizer on the report corpus (no model hub needed)"),
+    "text_pretrain": ("alta.textpretrain", "pretrain the preset BERT on the reports (CXR-BERT stand-in, offline)"),
     "mrm": ("alta.mrm", "masked record modeling pretraining"),
     "align": ("alta.align", "ALTA adapter alignment"),
     "evaluate": ("alta.evaluate.run", "benchmark evaluation"),

@@ -239,10 +239,15 @@ def equalize_hist_lut(hist: np.ndarray) -> np.ndarray:
 
 
 def equalize_hist(img: np.ndarray) -> np.ndarray:
-    """OpenCV ``equalizeHist`` on a uint8 image (histogram and LUT through Pillow's C loops, ~5x numpy's)."""
-    im = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8))
-    lut = equalize_hist_lut(np.asarray(im.histogram(), dtype=np.int64))
-    return np.asarray(im.point(lut.tolist()))
+    """OpenCV ``equalizeHist`` on a uint8 image.
+
+    The histogram comes from Pillow's C loop over a view of ``img`` (no copy; ~5x numpy's bincount) and the LUT is
+    applied with one uint8 gather into a fresh array: the Pillow ``point`` round trip cost two more full-size copies.
+    """
+    img = np.ascontiguousarray(img, dtype=np.uint8)
+    h, w = img.shape
+    hist = Image.frombuffer("L", (w, h), img, "raw", "L", 0, 1).histogram()
+    return np.take(equalize_hist_lut(np.asarray(hist, dtype=np.int64)), img)
 
 
 def _minmax_trunc_lut(rng: int) -> np.ndarray:
@@ -254,17 +259,22 @@ def _minmax_trunc_lut(rng: int) -> np.ndarray:
 def render_mimic_jpg(arr: np.ndarray, monochrome1: bool, equalize: bool = True) -> np.ndarray:
     """data.md §2.1 steps 1-4 on raw stored values: min-max (truncating), invert iff MONOCHROME1, equalise.
 
-    For integer input the per-pixel float64 arithmetic is evaluated once per distinct value (a LUT over
-    ``x - min x``, including the inversion) and applied with one gather: identical results, 5-10x faster.
+    For integer input the per-pixel float64 arithmetic is evaluated once per distinct value and applied with one
+    gather: identical results, 5-10x faster. Unsigned 8/16-bit input (nearly every radiograph) indexes a LUT over
+    the raw values 0..max directly, so no full-size ``x - min`` array is allocated (on a 3000x2500 image each
+    avoided temporary is 15 MB of page faults and a memory pass).
     """
     lo, hi = arr.min(), arr.max()
     rng = hi - lo
-    if arr.dtype.kind in "iu" and int(rng) < (1 << 20):
+    if arr.dtype.kind == "u" and arr.dtype.itemsize <= 2:
+        lo, hi = int(lo), int(hi)
+        part = _minmax_trunc_lut(hi - lo) if hi > lo else np.zeros(1, np.uint8)
+        lut = np.zeros(hi + 1, np.uint8)  # entries below the minimum are never read
+        lut[lo:] = 255 - part if monochrome1 else part
+        x8 = lut[arr]
+    elif arr.dtype.kind in "iu" and int(rng) < (1 << 20):
         rng = int(rng)
-        if arr.dtype.kind == "u":
-            d = arr - lo  # exact: arr >= lo; narrow indices gather fastest
-        else:
-            d = np.subtract(arr, lo, dtype=np.int64 if arr.dtype.itemsize >= 4 else np.int32)
+        d = np.subtract(arr, lo, dtype=np.int64 if arr.dtype.itemsize >= 4 else np.int32)
         lut = _minmax_trunc_lut(rng) if rng > 0 else np.zeros(1, np.uint8)
         x8 = (255 - lut if monochrome1 else lut)[d]
     else:

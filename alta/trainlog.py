@@ -183,13 +183,15 @@ def run_stage(stage: str, config: dict, out_dir: Path, build_task) -> int:
         D.cleanup()
 
 
-def stage_parser(stage: str, doc: str) -> argparse.ArgumentParser:
-    """The command line both training stages share; each stage adds its own model-input options."""
+def stage_parser(stage: str, doc: str, images: bool = True) -> argparse.ArgumentParser:
+    """The command line the training stages share; each stage adds its own model-input options. ``images=False``
+    (text-only stages) leaves out ``--images`` / ``--extract-dir``."""
     p = argparse.ArgumentParser(prog=f"alta {stage}", description=doc,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", required=True, help="pairs.parquet (alta pair)")
-    p.add_argument("--images", required=True, help="images.parquet (alta extract)")
-    p.add_argument("--extract-dir", required=True, help="extract output folder holding shards/<shard>/store.u8")
+    if images:
+        p.add_argument("--images", required=True, help="images.parquet (alta extract)")
+        p.add_argument("--extract-dir", required=True, help="extract output folder holding shards/<shard>/store.u8")
     p.add_argument("--tokenizer", required=True, help="tokenizer directory (alta tokenizer, or a local CXR-BERT)")
     p.add_argument("--out", required=True, help="output folder (checkpoint.pt, last.pt, tokenizer/, ...)")
     p.add_argument("--config", help="YAML/JSON config file")
@@ -208,6 +210,7 @@ def stage_main(stage: str, defaults: dict, parser: argparse.ArgumentParser, argv
         return 0
     args = parser.parse_args(argv)
     cfg = load_stage_config(defaults, args.config, args.section, args.config_json)
-    config = {**cfg, "pairs": str(args.pairs), "images": str(args.images), "tokenizer": str(args.tokenizer),
-              **inputs(args)}
+    config = {**cfg, "pairs": str(args.pairs), "tokenizer": str(args.tokenizer), **inputs(args)}
+    if getattr(args, "images", None) is not None:
+        config["images"] = str(args.images)
     return run_stage(stage, config, Path(args.out), lambda info: build_task(args, cfg, info))

@@ -33,6 +33,7 @@ def demo_config(workdir: Path, mlflow_uri: str, **sections) -> Path:
     """Write a small, fast variant of config.yaml into ``workdir`` (sections override keys per section)."""
     cfg = yaml.safe_load((REPO / "config.yaml").read_text())
     cfg["demo"].update(n_patients=40, chexpert_per_class=6, rsna_test=30, rsna_val=20)
+    cfg["text_pretrain"].update(max_steps=4, batch_size=8, log_every=2)
     cfg["mrm"].update(max_steps=6, batch_size=8, ckpt_every=3, log_every=2)
     cfg["align"].update(max_steps=8, batch_size=8, ckpt_every=4, log_every=2)
     cfg["mlflow"].update(tracking_uri=mlflow_uri, experiment=f"test-{workdir.name}")

@@ -124,6 +124,14 @@ def test_mimic_jpg_truncates_and_matches_elementwise_formula():
     for dtype in (np.uint16, np.int32, np.int16):  # the LUT path for each decoder dtype
         assert np.array_equal(render.render_mimic_jpg(raw.astype(dtype), monochrome1=True), expected)
         assert np.array_equal(render.render_mimic_jpg(raw.astype(dtype), False, equalize=False), x8)
+    # 8-bit input takes the raw-value LUT too; a constant image maps to 0 before equalisation
+    raw8 = rng.integers(3, 250, size=(40, 30)).astype(np.uint8)
+    d8 = raw8.astype(np.float64) - raw8.min()
+    assert np.array_equal(render.render_mimic_jpg(raw8, False, equalize=False),
+                          ((d8 / d8.max()) * 255).astype(np.uint8))
+    assert not render.render_mimic_jpg(np.full((5, 5), 9, np.uint16), False, equalize=False).any()
+    # equalisation = the OpenCV LUT of the image's own histogram, applied per pixel
+    assert np.array_equal(render.equalize_hist(x8), render.equalize_hist_lut(np.bincount(x8.ravel(), minlength=256))[x8])
     # the float path (huge ranges) gives the same result as the LUT path
     big = raw.astype(np.int64) * 1000
     assert np.array_equal(render.render_mimic_jpg(big, False, equalize=False),

@@ -129,9 +129,22 @@ def build_text_encoder(cfg: ModelConfig, options: AltaOptions, text_dir: str | P
         if not (text_dir / "config.json").is_file():
             raise FileNotFoundError(f"{text_dir}: not a local HF model directory (config.json missing)")
         config = BertConfig.from_json_file(str(text_dir / "config.json"))
-        mlm = BertForMaskedLM.from_pretrained(
-            str(text_dir), config=config, local_files_only=True, attn_implementation="sdpa", dtype=torch.float32
-        )
+        # the load report would list cls_projection_head.* as "unexpected" (BertForMaskedLM has no such module);
+        # those keys are loaded just below, and a genuinely missing backbone key still fails the strict check there
+        from transformers.utils import logging as hf_logging
+
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
+        try:
+            mlm, info = BertForMaskedLM.from_pretrained(
+                str(text_dir), config=config, local_files_only=True, attn_implementation="sdpa", dtype=torch.float32,
+                output_loading_info=True,
+            )
+        finally:
+            hf_logging.set_verbosity(level)
+        missing = [k for k in info.get("missing_keys", []) if k != "cls.predictions.decoder.weight"]
+        if missing:
+            raise KeyError(f"{text_dir}: text encoder weights lack {sorted(missing)[:8]}")
         proj_dim = int(getattr(config, "projection_size", cfg.proj_dim))
         if proj_dim != cfg.proj_dim:
             raise ValueError(f"{text_dir}: projection_size {proj_dim} != image projection size {cfg.proj_dim}")

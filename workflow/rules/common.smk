@@ -116,7 +116,7 @@ def opt(flag, value):
 
 # ---- used by train.smk ----
 # Keys of a training section that configure the workflow, not the trainer.
-WORKFLOW_KEYS = {"weights", "nproc", "gpus", "threads", "text_dir"}
+WORKFLOW_KEYS = {"weights", "nproc", "gpus", "threads", "text_dir", "enabled"}
 
 
 def trainer_config(stage):
@@ -136,6 +136,23 @@ def tokenizer_input(wildcards):
 
 def mrm_weights(wildcards):
     return config["mrm"]["weights"] or f"{RES}/mrm/checkpoint.pt"
+
+
+def text_dir(wildcards=None):
+    """The text encoder directory align/evaluate load: the user's CXR-BERT (align.text_dir), else the
+    text_pretrain stand-in when enabled, else None (a random preset-sized BERT)."""
+    if config["align"].get("text_dir"):
+        return config["align"]["text_dir"]
+    if config.get("text_pretrain", {}).get("enabled", False):
+        return f"{RES}/text_pretrain/model"
+    return None
+
+
+def text_dir_input(wildcards):
+    d = text_dir()
+    if d is None or config["align"].get("text_dir"):
+        return []
+    return [f"{d}/config.json"]
 
 
 def torchrun(stage):

@@ -8,6 +8,7 @@ rule evaluate:
         pairs=rules.pair.output.pairs,
         images=rules.extract_merge.output.images,
         tokenizer=tokenizer_input,
+        text=text_dir_input,
     output:
         report=f"{RES}/evaluate/report.md",
         table=f"{RES}/evaluate/comparison.csv",
@@ -28,7 +29,7 @@ rule evaluate:
         cfg=lambda w: shlex.quote(section("evaluate")),
         models=eval_model_args,
         tok=tokenizer_dir,
-        text_dir=opt("--text-dir", config["align"].get("text_dir")),
+        text_dir=lambda w: opt("--text-dir", text_dir()),
     shell:
         "{params.py} -m alta.evaluate.run {params.models} --pairs {input.pairs} --images {input.images}"
         " --extract-dir {params.extract} --tokenizer {params.tok} {params.text_dir} --out {params.outdir}"

@@ -25,6 +25,33 @@ rule tokenizer:
         "{params.py} -m alta.tokenizer --texts {input.pairs} --out {params.outdir} --vocab-size {params.vocab} > {log} 2>&1"
 
 
+rule text_pretrain:
+    input:
+        pairs=rules.pair.output.pairs,
+        tokenizer=tokenizer_input,
+    output:
+        config=f"{RES}/text_pretrain/model/config.json",
+        ckpt=f"{RES}/text_pretrain/checkpoint.pt",
+    log:
+        "logs/text_pretrain/text_pretrain.log",
+    benchmark:
+        "logs/text_pretrain/text_pretrain.bench.tsv"
+    conda:
+        "../../envs/alta.yaml"
+    threads: config.get("text_pretrain", {}).get("threads", 2)
+    resources:
+        runtime=runtime_by_attempt(240),
+        mem_mb=8000,
+    params:
+        py=PY,
+        outdir=lambda w, output: str(Path(output.ckpt).parent),
+        cfg=lambda w: trainer_config("text_pretrain"),
+        tok=tokenizer_dir,
+    shell:
+        "OMP_NUM_THREADS={threads} {params.py} -m alta.textpretrain --pairs {input.pairs}"
+        " --tokenizer {params.tok} --out {params.outdir} --config-json {params.cfg} > {log} 2>&1"
+
+
 rule mrm:
     input:
         pairs=rules.pair.output.pairs,
@@ -63,6 +90,7 @@ rule align:
         images=rules.extract_merge.output.images,
         tokenizer=tokenizer_input,
         mrm=mrm_weights,
+        text=text_dir_input,
     output:
         ckpt=f"{RES}/align/checkpoint.pt",
         best=f"{RES}/align/best.pt",
@@ -82,7 +110,7 @@ rule align:
         extract=lambda w, input: str(Path(input.images).parent),
         cfg=lambda w: trainer_config("align"),
         tok=tokenizer_dir,
-        text_dir=opt("--text-dir", config["align"].get("text_dir")),
+        text_dir=lambda w: opt("--text-dir", text_dir()),
     shell:
         torchrun("align") + " --pairs {input.pairs} --images {input.images}"
         " --extract-dir {params.extract} --tokenizer {params.tok} --mrm-weights {input.mrm} {params.text_dir}"

@@ -1,0 +1,100 @@
+"""Tests for the text_pretrain stage (alta.textpretrain): the CXR-BERT stand-in used when no text_dir is given."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from test_train import synth  # noqa: E402,F401  (the same synthetic pairs, store and tokenizer as the trainer tests)
+
+from alta.tokenizer import split_sentences  # noqa: E402
+
+tp = pytest.importorskip("alta.textpretrain")
+
+
+def _run(s, out, **cfg):
+    return tp.main(["--pairs", str(s.pairs), "--tokenizer", str(s.tok), "--out", str(out), "--config-json",
+                    json.dumps({"batch_size": 8, "log_every": 1, "warmup_epochs": 1, **cfg})])
+
+
+def test_sentence_views_are_deterministic_subsets():
+    text = "Heart is enlarged. Small left pleural effusion. No pneumothorax. Lungs are clear."
+    ds = tp.TextDataset([text, "One sentence only."], seed=3, min_fraction=0.5)
+    sents = set(split_sentences(text))
+    i = ds.texts.index(text)
+    for epoch in range(5):
+        item = ds[(i, epoch)]
+        assert item == ds[(i, epoch)]  # same (seed, epoch, index) -> same views, so a resumed run sees the same data
+        for v in (item["view_a"], item["view_b"]):
+            got = split_sentences(v)
+            assert set(got) <= sents and len(got) >= 2 and len(got) == len(set(got))
+    assert len({ds[(i, e)]["view_a"] for e in range(10)}) > 1
+    assert ds[(ds.texts.index("One sentence only."), 0)]["view_a"] == "One sentence only."
+
+
+def test_text_pretrain_learns_and_exports_a_directory_align_loads(synth, tmp_path):
+    from safetensors.torch import load_file
+
+    from alta import align
+    from alta.models import build_alta
+    from alta.models.presets import PRESETS
+    from alta.tokenizer import load_tokenizer, special_ids
+
+    out = tmp_path / "tp"
+    assert _run(synth, out, max_steps=30, blr=0.02, schedule_epochs=20, max_epochs=20) == 0
+    hist = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)["history"]
+    first, last = hist[0], hist[-1]
+    assert last["step"] == 30
+    assert last["loss_mlm"] < first["loss_mlm"] and last["loss_contrastive"] < first["loss_contrastive"]
+
+    model_dir = out / "model"
+    cfg = json.loads((model_dir / "config.json").read_text())
+    tiny = PRESETS["tiny"]
+    assert cfg["projection_size"] == tiny.proj_dim and cfg["hidden_size"] == tiny.text_hidden
+    assert cfg["hidden_dropout_prob"] == tiny.text_dropout  # exported with ALTA's dropout, not the pretraining one
+    weights = load_file(str(model_dir / "model.safetensors"))
+    assert any(k.startswith("bert.encoder.layer.") for k in weights)
+    assert "cls.predictions.transform.dense.weight" in weights and "cls_projection_head.dense_to_hidden.weight" in weights
+
+    tok = load_tokenizer(synth.tok)
+    torch.manual_seed(0)
+    m = build_alta("tiny", text_dir=str(model_dir), tokenizer=tok, vocab_size=len(tok), special_ids=special_ids(tok))
+    emb = m.bert_encoder.bert.embeddings.word_embeddings.weight
+    assert torch.equal(emb, weights["bert.embeddings.word_embeddings.weight"])
+    assert torch.equal(m.bert_encoder.cls_projection_head.dense_to_output.weight,
+                       weights["cls_projection_head.dense_to_output.weight"])
+    # local head starts as a copy of the pretrained [CLS] head (method.md §2.2), the backbone stays frozen
+    assert torch.equal(m.bert_encoder.local_projection_head.dense_to_output.weight,
+                       weights["cls_projection_head.dense_to_output.weight"])
+    assert not emb.requires_grad
+
+    rc = align.main(["--pairs", str(synth.pairs), "--images", str(synth.images), "--extract-dir", str(synth.extract),
+                     "--tokenizer", str(synth.tok), "--text-dir", str(model_dir), "--out", str(tmp_path / "al"),
+                     "--config-json", json.dumps({"batch_size": 4, "num_workers": 0, "max_steps": 2,
+                                                  "val_max_rows": 4})])
+    assert rc == 0
+    ck = torch.load(tmp_path / "al" / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert torch.equal(ck["model"]["bert_encoder.bert.embeddings.word_embeddings.weight"], emb)
+
+
+def test_text_pretrain_rejects_an_empty_split(synth, tmp_path):
+    with pytest.raises(ValueError, match="no report texts in split 'test'"):
+        _run(synth, tmp_path / "e", split="test", max_steps=1)
+
+
+def test_schema_sections_list_exactly_each_trainers_keys():
+    """config.schema.yaml must accept every trainer key (`--print-defaults`) and nothing the trainer would reject."""
+    import yaml
+
+    from alta import align, mrm
+
+    schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
+    workflow_keys = {"weights", "nproc", "gpus", "threads", "text_dir", "enabled"}  # common.smk WORKFLOW_KEYS
+    for stage, defaults in (("mrm", mrm.DEFAULTS), ("align", align.DEFAULTS), ("text_pretrain", tp.DEFAULTS)):
+        props = set(schema["properties"][stage]["properties"]) - workflow_keys
+        assert props == set(defaults), (stage, sorted(props ^ set(defaults)))
