@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("alta.evaluate.run", "benchmark evaluation"),
     "embed": ("alta.embed", "embed new images or texts with a trained or imported checkpoint"),
     "zeroshot": ("alta.embed", "zero-shot scores for images against text prompts"),
+    "probe": ("alta.probe", "what frozen features know: [CLS] diversity and linear-probe AUROC per checkpoint"),
     "params": ("alta.models.params", "print the parameter breakdown of a preset"),
     "config": ("alta.config", "validate a config file against the schema"),
     "tracking-sync": ("alta.tracking_cli", "replay a local tracking.jsonl into an MLflow server"),
