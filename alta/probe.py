@@ -131,15 +131,11 @@ def probe_model(name: str, ckpt: str, args, rows) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from alta.evaluate.run import add_model_inputs
+
     ap = argparse.ArgumentParser(prog="alta probe", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT",
-                    help="mrm=..., align=..., or random=none (repeatable)")
-    ap.add_argument("--pairs", required=True)
-    ap.add_argument("--images", required=True)
-    ap.add_argument("--extract-dir", required=True)
-    ap.add_argument("--tokenizer", required=True)
-    ap.add_argument("--text-dir", default=None, help="text encoder directory (e.g. results/text_pretrain/model)")
+    add_model_inputs(ap, "mrm=..., align=..., or random=none (repeatable)")
     ap.add_argument("--chexpert", required=True, help="mimic-cxr-2.0.0-chexpert.csv(.gz)")
     ap.add_argument("--split", default="train")
     ap.add_argument("--preset", default="tiny", help="preset of the `random` reference model")

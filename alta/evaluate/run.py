@@ -202,17 +202,22 @@ def _finite(obj):
     return obj
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="alta evaluate", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT",
-                    help="model to score: mrm=..., align=..., official=... (repeatable)")
-    ap.add_argument("--pairs", required=True, help="pairs.parquet (held-out retrieval)")
+def add_model_inputs(ap: argparse.ArgumentParser, model_help: str) -> None:
+    """The inputs every command that loads checkpoints against the run's data takes (evaluate, probe)."""
+    ap.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT", help=model_help)
+    ap.add_argument("--pairs", required=True, help="pairs.parquet")
     ap.add_argument("--images", required=True, help="images.parquet (packed-store index)")
     ap.add_argument("--extract-dir", required=True, help="extract output folder holding the packed stores")
     ap.add_argument("--tokenizer", required=True, help="tokenizer directory saved with the run")
     ap.add_argument("--text-dir", default=None,
-                    help="local CXR-BERT directory (the text tower of the `mrm` baseline; as align.text_dir)")
+                    help="local CXR-BERT directory or the text_pretrain model (the text tower of models built from "
+                         "MRM weights; as align.text_dir)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="alta evaluate", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_inputs(ap, "model to score: mrm=..., align=..., official=... (repeatable)")
     ap.add_argument("--out", required=True, help="output folder (metrics/, plots/, comparison.csv, report.md)")
     ap.add_argument("--config-json", default="{}", help="the evaluate config section as JSON")
     args = ap.parse_args(argv)
