@@ -149,10 +149,11 @@ def text_dir(wildcards=None):
 
 
 def text_dir_input(wildcards):
-    d = text_dir()
-    if d is None or config["align"].get("text_dir"):
+    """The stand-in's config.json when align/evaluate use it, so they rerun after text_pretrain (a user's
+    align.text_dir is a fixed input, not a workflow output)."""
+    if config["align"].get("text_dir") or text_dir() is None:
         return []
-    return [f"{d}/config.json"]
+    return [f"{text_dir()}/config.json"]
 
 
 def torchrun(stage):
