@@ -48,6 +48,28 @@ def atomic_path(dest: str | os.PathLike, suffix: str | None = None, fsync: bool 
         raise
 
 
+@contextlib.contextmanager
+def atomic_dir(dest: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary directory beside ``dest``; on success it replaces ``dest`` (an old directory is
+    removed, then the new one renamed into place), on error it is deleted. For outputs that are folders (tokenizers,
+    exported models): a reader never sees one half-written."""
+    import shutil
+
+    dest = Path(dest)
+    tmp = dest.parent / f".{dest.name}.tmp"
+    if tmp.exists():  # left by a killed run
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+        if dest.exists():
+            shutil.rmtree(dest)
+        tmp.rename(dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_bytes(dest: str | os.PathLike, data: bytes, fsync: bool = True) -> None:
     """Atomically write ``data`` to ``dest`` (see :func:`atomic_path` for ``fsync``)."""
     with atomic_path(dest, fsync=fsync) as tmp:

@@ -39,12 +39,9 @@ def study_rows(pairs_path: str, chexpert_path: str, split: str):
     """One row per study of ``split`` (canonical frontal: PA first, then the smallest dicom_id) with its labels."""
     import pandas as pd
 
-    pairs = io.read_parquet(pairs_path)
-    rows = pairs[pairs["split"] == split].copy()
-    if rows.empty:
-        raise ValueError(f"{pairs_path}: no rows in split {split!r}")
-    rows["_pa"] = (rows["view_position"] != "PA").astype(int)
-    rows = rows.sort_values(["study_id", "_pa", "dicom_id"]).drop_duplicates("study_id")
+    from alta.evaluate.run import study_frontals
+
+    rows = study_frontals(io.read_parquet(pairs_path), split, pairs_path)
     labels = pd.read_csv(chexpert_path, dtype={"subject_id": str, "study_id": str})
     missing = [c for c in ("study_id", *LABELS) if c not in labels.columns]
     if missing:
@@ -67,9 +64,7 @@ def features(model, rows, images_path: str, extract_dir: str, tokenizer, batch: 
             part = rows.iloc[i:i + batch]
             x = torch.stack([A.eval_transform(torch.tensor(np.asarray(store.read(d))), s)
                              for d in part["dicom_id"]])
-            tok = model.add_cls(model.embed_patches(x) + model.pos_embed[:, 1:])
-            tok = tok + (model.temporal_embedding[:, :1] + model.view_embedding[:, :1])
-            img.append(model.run_blocks(tok)[:, 0])
+            img.append(model.image_cls(x))
             enc = tokenizer(part["text"].astype(str).tolist(), max_length=128, padding=True, truncation=True,
                             return_tensors="pt", return_token_type_ids=False)
             h = model.bert_encoder(enc["input_ids"], enc["attention_mask"])

@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -211,16 +210,10 @@ def export_text_encoder(checkpoint: str | Path, dest: str | Path, tokenizer_dir:
                     if k not in ("predictions.decoder.weight", "predictions.decoder.bias")})  # tied, saved once
     weights.update({f"cls_projection_head.{k}": v for k, v in model.cls_projection_head.state_dict().items()})
     dest = Path(dest)
-    tmp = dest.parent / f".{dest.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    config.to_json_file(str(tmp / "config.json"))
-    save_file({k: v.contiguous().clone() for k, v in weights.items()}, str(tmp / "model.safetensors"))
-    tok.save_pretrained(str(tmp))
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    with io.atomic_dir(dest) as tmp:
+        config.to_json_file(str(tmp / "config.json"))
+        save_file({k: v.contiguous().clone() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+        tok.save_pretrained(str(tmp))
     return dest
 
 

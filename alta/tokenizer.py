@@ -54,24 +54,11 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
 
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]",
                                    sep_token="[SEP]", mask_token="[MASK]", model_max_length=512)
-    out_dir = Path(out_dir)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp"
-    if tmp.exists():
-        import shutil
+    from alta import io
 
-        shutil.rmtree(tmp)
-    fast.save_pretrained(str(tmp))
-    _replace_dir(tmp, out_dir)
+    with io.atomic_dir(out_dir) as tmp:
+        fast.save_pretrained(str(tmp))
     return load_tokenizer(out_dir)
-
-
-def _replace_dir(tmp: Path, dest: Path) -> None:
-    """Move a finished directory into place (rename is atomic; an old directory is removed first)."""
-    import shutil
-
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
 
 
 def load_tokenizer(path: str | Path):

@@ -128,17 +128,9 @@ def model_sizes(model) -> tuple[int, int]:
 
 
 def save_tokenizer(tok, dest: Path) -> None:
-    """Save a tokenizer directory atomically (write a temporary folder, then rename it into place)."""
-    import shutil
-
-    dest = Path(dest)
-    tmp = dest.parent / f".{dest.name}.tmp"
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tok.save_pretrained(str(tmp))
-    if dest.exists():
-        shutil.rmtree(dest)
-    tmp.rename(dest)
+    """Save a tokenizer directory atomically (``io.atomic_dir``)."""
+    with io.atomic_dir(dest) as tmp:
+        tok.save_pretrained(str(tmp))
 
 
 def run_stage(stage: str, config: dict, out_dir: Path, build_task) -> int:

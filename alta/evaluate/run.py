@@ -115,16 +115,19 @@ def rsna(emb: Embedder, cfg: dict) -> dict:
     return out
 
 
-def heldout(emb: Embedder, cfg: dict, pairs_path: str, images_path: str, extract_dir: str) -> dict:
-    """Instance-level Recall@K both directions on the held-out split, duplicate texts merged (§5)."""
-    pairs = io.read_parquet(pairs_path)
-    split = cfg.get("heldout_split", "test")
+def study_frontals(pairs, split: str, source: str = "pairs.parquet"):
+    """One row per study of ``split``: its canonical current frontal (PA before AP, then the smallest dicom_id)."""
     rows = pairs[pairs["split"] == split].copy()
     if rows.empty:
-        raise ValueError(f"{pairs_path}: no rows in split {split!r} for held-out retrieval")
-    # canonical current frontal per study: PA before AP, then the smallest dicom_id
+        raise ValueError(f"{source}: no rows in split {split!r}")
     rows["_pa"] = (rows["view_position"] != "PA").astype(int)
-    rows = rows.sort_values(["study_id", "_pa", "dicom_id"]).drop_duplicates("study_id")
+    return rows.sort_values(["study_id", "_pa", "dicom_id"]).drop_duplicates("study_id").drop(columns="_pa")
+
+
+def heldout(emb: Embedder, cfg: dict, pairs_path: str, images_path: str, extract_dir: str) -> dict:
+    """Instance-level Recall@K both directions on the held-out split, duplicate texts merged (§5)."""
+    split = cfg.get("heldout_split", "test")
+    rows = study_frontals(io.read_parquet(pairs_path), split, pairs_path)
     img = emb.images_from_store(rows["dicom_id"].tolist(), images_path, extract_dir)
     texts = rows["text"].tolist()
     txt = emb.texts(texts, P.TEXT_PROTOCOLS["mimic_recall"])

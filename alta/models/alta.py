@@ -225,11 +225,15 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
                     loss_mlm=loss_mlm, logit_scale=self.logit_scale.detach().exp())
 
     # ----------------------------------------------------------------- inference (method.md §2.10)
-    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+    def image_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,3,S,S) -> (B,D): the [CLS] output after the final LN, steps 2-4 of §2.10 (no masking, current +
+        frontal embeddings), before the projection head."""
         tok = self.embed_patches(x) + self.pos_embed[:, 1:]
         tok = self.add_cls(tok) + (self.temporal_embedding[:, :1] + self.view_embedding[:, :1]).to(tok.dtype)
-        h = self.run_blocks(tok)
-        return F.normalize(self.projection_head(h[:, 0]), dim=-1)
+        return self.run_blocks(tok)[:, 0]
+
+    def encode_image(self, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.projection_head(self.image_cls(x)), dim=-1)
 
     def encode_text(self, ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         h = self.bert_encoder(ids, attention_mask)
