@@ -48,8 +48,8 @@ log = logging.getLogger("alta.text_pretrain")
 
 DEFAULTS: dict = {
     "preset": "tiny", "model_overrides": {},
-    "batch_size": 64, "accum_steps": 1, "blr": 4e-3, "weight_decay": 0.01,
-    "warmup_epochs": 10, "schedule_epochs": 150, "max_epochs": 150, "max_steps": None,
+    "batch_size": 16, "accum_steps": 1, "blr": 0.032, "weight_decay": 0.01,
+    "warmup_epochs": 5, "schedule_epochs": 100, "max_epochs": 100, "max_steps": None,
     "ckpt_every": 0, "save_every_epochs": 0, "eval_every_epochs": 1, "log_every": 10, "seed": 0,
     "precision": "auto", "num_workers": 0, "batch_unique_study": False, "find_unused_parameters": False,
     "max_length": 128, "split": "train", "dropout": 0.1, "init_std": 0.02,
