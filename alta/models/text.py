@@ -130,11 +130,13 @@ def build_text_encoder(cfg: ModelConfig, options: AltaOptions, text_dir: str | P
             raise FileNotFoundError(f"{text_dir}: not a local HF model directory (config.json missing)")
         config = BertConfig.from_json_file(str(text_dir / "config.json"))
         # the load report would list cls_projection_head.* as "unexpected" (BertForMaskedLM has no such module);
-        # those keys are loaded just below, and a genuinely missing backbone key still fails the strict check there
+        # those keys are loaded just below, and a genuinely missing backbone key still fails the strict check there.
+        # The per-tensor progress bar is silenced too: it only wrote carriage-return noise into the stage logs.
         from transformers.utils import logging as hf_logging
 
-        level = hf_logging.get_verbosity()
+        level, bar = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
         hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
         try:
             mlm, info = BertForMaskedLM.from_pretrained(
                 str(text_dir), config=config, local_files_only=True, attn_implementation="sdpa", dtype=torch.float32,
@@ -142,6 +144,8 @@ def build_text_encoder(cfg: ModelConfig, options: AltaOptions, text_dir: str | P
             )
         finally:
             hf_logging.set_verbosity(level)
+            if bar:
+                hf_logging.enable_progress_bar()
         missing = [k for k in info.get("missing_keys", []) if k != "cls.predictions.decoder.weight"]
         if missing:
             raise KeyError(f"{text_dir}: text encoder weights lack {sorted(missing)[:8]}")
