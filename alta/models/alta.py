@@ -4,11 +4,15 @@ Contract (shapes: S = encoder input size, K = visible patches per view, P = proj
 - ``ALTA(cfg, options, text_encoder, special_ids)``; state-dict keys are method.md §5.2.
 - ``forward(cf_target (B,3,2S,2S), views (B,4,3,S,S) [cf,cl,pf,pl], present (B,4) bool, ids (B,T),
   attention_mask (B,T), generator=None)`` -> ``dict(loss, loss_global, loss_local, loss_mim, loss_mlm,
-  logit_scale)`` where ``logit_scale`` is the current s = exp(logit_scale), detached; the cf view is made inside from ``cf_target`` (bicubic, antialias), ``views[:, 0]`` is ignored.
+  [loss_global_cf,] logit_scale)`` where ``logit_scale`` is the current s = exp(logit_scale), detached, and
+  ``loss_global_cf`` is present with ``options.inference_view_loss``; the cf view is made inside from
+  ``cf_target`` (bicubic, antialias), ``views[:, 0]`` is ignored.
 - ``forward_encoder(x (B,4,3,S,S), present, generator)`` -> ``(cls (B,4,D), patches (B,4,K,D), mask (B,4,L),
   ids_restore (B,4,L))``: every view masked independently, missing views replaced by ``missing_token``.
-- ``encode_image(x (B,3,S,S)) -> (B,P)`` L2-normalised (§2.10: all tokens, current + frontal embeddings).
-- ``encode_text(ids, attention_mask, normalize=True) -> (B,P)`` from ``cls_projection_head(h_[CLS])``.
+- ``encode_image(x (B,3,S,S)) -> (B,P)`` L2-normalised (§2.10: all tokens, current + frontal embeddings; the
+  [CLS] output, or the patch mean with ``options.image_pooling='patch_mean'``).
+- ``encode_text(ids, attention_mask, normalize=True) -> (B,P)`` from ``cls_projection_head(h_[CLS])`` (or of the
+  attended-token mean with ``options.text_pooling='token_mean'``).
   Both encoders run in whatever train/eval mode the model is in: callers use ``model.eval()`` for inference
   (the text encoder has dropout 0.25).
 - ``clamp_logit_scales()``: after every optimiser step, clamp the four log temperatures to [0, ln 100].
@@ -168,11 +172,18 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
         length = mask.shape[1]
         return h[:, :, 0], h[:, :, 1:], mask.view(b, 4, length), ids_restore.view(b, 4, length)
 
-    def pooled_cls(self, cls: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    def view_feature(self, cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """Per-view global feature (..., D): the [CLS] output, or the mean of the view's visible patch outputs
+        with ``image_pooling='patch_mean'``."""
+        return cls if self.options.image_pooling == "cls" else patches.mean(dim=-2)
+
+    def pool_views(self, feat: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """(B,4,D) per-view features -> (B,D) c̄: the mean over all four views (§2.6), or over the present ones
+        with ``exclude_missing_views``."""
         if not self.options.exclude_missing_views:
-            return cls.mean(dim=1)
-        w = present.to(cls.dtype).unsqueeze(-1)
-        return (cls * w).sum(dim=1) / w.sum(dim=1)
+            return feat.mean(dim=1)
+        w = present.to(feat.dtype).unsqueeze(-1)
+        return (feat * w).sum(dim=1) / w.sum(dim=1)
 
     @torch.no_grad()
     def _check_inputs(self, cf_target, views, present) -> None:
@@ -194,7 +205,7 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
         x = torch.cat([cf.unsqueeze(1).to(views.dtype), views[:, 1:]], dim=1)
         cls, patches, mask, ids_restore = self.forward_encoder(x, present, generator)
 
-        cbar = self.pooled_cls(cls, present)
+        cbar = self.pool_views(self.view_feature(cls, patches), present)
         img_global = F.normalize(self.projection_head(cbar), dim=-1)
         regions = self.local_projection_head(patches.flatten(1, 2))  # (B, 4K, P)
         region_mask = None
@@ -207,7 +218,7 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
         cond = torch.cat([torch.zeros_like(z), z], dim=0)  # clean half: no image conditioning
         hidden = self.bert_encoder(torch.cat([ids, masked_ids]), torch.cat([attention_mask, attention_mask]), cond)
         clean, corrupted = hidden[:b], hidden[b:]
-        txt_global = F.normalize(self.bert_encoder.cls_projection_head(clean[:, 0]), dim=-1)
+        txt_global = F.normalize(self.bert_encoder.cls_projection_head(self.text_feature(clean, attention_mask)), dim=-1)
         words = self.bert_encoder.local_projection_head(clean[:, 1:])
 
         loss_global = global_contrastive_loss(img_global, txt_global, self.logit_scale)
@@ -221,23 +232,45 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
         sel = labels != -100  # the MLM head only needs the selected positions (same mean CE)
         loss_mlm = masked_lm_loss(self.bert_encoder.mlm_logits(corrupted[sel]), labels[sel])
         loss = loss_global + loss_local + loss_mim + loss_mlm
-        return dict(loss=loss, loss_global=loss_global, loss_local=loss_local, loss_mim=loss_mim,
-                    loss_mlm=loss_mlm, logit_scale=self.logit_scale.detach().exp())
+        out = dict(loss_global=loss_global, loss_local=loss_local, loss_mim=loss_mim, loss_mlm=loss_mlm)
+        if self.options.inference_view_loss:
+            # The §2.10 embedding (unmasked current frontal) is trained directly; see AltaOptions.
+            img_cf = self.encode_image(cf.to(views.dtype))
+            out["loss_global_cf"] = global_contrastive_loss(img_cf, txt_global, self.logit_scale)
+            loss = loss + out["loss_global_cf"]
+        return dict(loss=loss, **out, logit_scale=self.logit_scale.detach().exp())
 
     # ----------------------------------------------------------------- inference (method.md §2.10)
-    def image_cls(self, x: torch.Tensor) -> torch.Tensor:
-        """(B,3,S,S) -> (B,D): the [CLS] output after the final LN, steps 2-4 of §2.10 (no masking, current +
-        frontal embeddings), before the projection head."""
+    def _inference_states(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,3,S,S) -> (B,1+N,D): steps 2-4 of §2.10 (no masking, current + frontal embeddings, final LN)."""
         tok = self.embed_patches(x) + self.pos_embed[:, 1:]
         tok = self.add_cls(tok) + (self.temporal_embedding[:, :1] + self.view_embedding[:, :1]).to(tok.dtype)
-        return self.run_blocks(tok)[:, 0]
+        return self.run_blocks(tok)
+
+    def image_cls(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,3,S,S) -> (B,D): the [CLS] output of the §2.10 path, before the projection head."""
+        return self._inference_states(x)[:, 0]
+
+    def image_feature(self, x: torch.Tensor) -> torch.Tensor:
+        """(B,3,S,S) -> (B,D): what the global head embeds at inference: the [CLS] output (§2.10) or, with
+        ``image_pooling='patch_mean'``, the mean of all patch outputs."""
+        h = self._inference_states(x)
+        return self.view_feature(h[:, 0], h[:, 1:])
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.projection_head(self.image_cls(x)), dim=-1)
+        return F.normalize(self.projection_head(self.image_feature(x)), dim=-1)
+
+    def text_feature(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """(B,L,D) text states -> (B,D): h_[CLS] (§2.10) or, with ``text_pooling='token_mean'``, the mean over the
+        attended tokens."""
+        if self.options.text_pooling == "cls":
+            return h[:, 0]
+        w = attention_mask.to(h.dtype).unsqueeze(-1)
+        return (h * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
 
     def encode_text(self, ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         h = self.bert_encoder(ids, attention_mask)
-        t = self.bert_encoder.cls_projection_head(h[:, 0])
+        t = self.bert_encoder.cls_projection_head(self.text_feature(h, attention_mask))
         return F.normalize(t, dim=-1) if normalize else t
 
     # ----------------------------------------------------------------- MRM.pth (method.md §5.5)

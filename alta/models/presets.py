@@ -146,6 +146,21 @@ class AltaOptions:
     - ``exempt_embeddings_from_decay``: §3 #8. No weight decay on cls_token / temporal / view embeddings.
     - ``train_full_decoder``: §5.5 escape hatch; the whole MAE decoder is trained, allowed when MRM.pth has no
       decoder weights.
+
+    Small-scale switches, not in the paper (off in both modes; the demo's config.yaml turns them on, README
+    "What the demo shows" has the measurements). ALTA trains its global loss on the mean [CLS] of four 75 %-masked
+    views but embeds one unmasked current frontal at inference (§2.10); at the paper's scale the two agree, on a
+    few hundred studies with a tiny encoder they do not, and a tiny MRM's [CLS] (and a tiny text stand-in's [CLS])
+    carries almost nothing that distinguishes one image (report) from another.
+
+    - ``inference_view_loss``: a second global InfoNCE term, ``loss_global_cf``, on the §2.10 embedding of the
+      unmasked current frontal (the image inference embeds), next to the masked four-view one. One more encoder
+      pass over the current frontal per sample; no new parameters.
+    - ``image_pooling``: ``cls`` (method) or ``patch_mean``: the per-view global feature is the mean of the view's
+      patch outputs (its visible ones in training, all at inference) instead of the [CLS] output. MRM conditions
+      the report decoder on exactly this mean (§1.1), so it is the feature MRM trains.
+    - ``text_pooling``: ``cls`` (method) or ``token_mean``: the global text feature is the mean of the attended
+      token states instead of h_[CLS], in training and at inference.
     """
 
     bert_embed_trainable: bool = True
@@ -159,6 +174,9 @@ class AltaOptions:
     mrm_antialias: bool = True
     exempt_embeddings_from_decay: bool = True
     train_full_decoder: bool = False
+    inference_view_loss: bool = False
+    image_pooling: str = "cls"
+    text_pooling: str = "cls"
     mode: str = field(default="recommended")
 
     def __post_init__(self) -> None:
@@ -170,6 +188,10 @@ class AltaOptions:
             raise ValueError(f"text_adapter_init must be 'zero' or 'normal', got {self.text_adapter_init!r}")
         if self.mrm_text_loss_positions not in ("all", "masked"):
             raise ValueError(f"mrm_text_loss_positions must be 'all' or 'masked', got {self.mrm_text_loss_positions!r}")
+        if self.image_pooling not in ("cls", "patch_mean"):
+            raise ValueError(f"image_pooling must be 'cls' or 'patch_mean', got {self.image_pooling!r}")
+        if self.text_pooling not in ("cls", "token_mean"):
+            raise ValueError(f"text_pooling must be 'cls' or 'token_mean', got {self.text_pooling!r}")
         rep = tuple(float(x) for x in self.mlm_replace)
         if len(rep) != 3 or min(rep) < 0 or abs(sum(rep) - 1.0) > 1e-6:
             raise ValueError(f"mlm_replace must be three non-negative fractions summing to 1, got {self.mlm_replace}")
