@@ -4,12 +4,12 @@ ALTA trains only adapters, norms and heads on top of frozen encoders (method.md 
 what the frozen features already carry. This command measures that, per checkpoint, on one current frontal image
 and the training text of each study:
 
-- ``img_cls_cos``: mean pairwise cosine of the image encoder's [CLS] output (final LN, eval transform, no masking,
-  no projection head) over the studies. Near 1.0 the global image embedding cannot tell images apart, whatever
-  the heads learn.
+- ``img_cls_cos`` / ``img_mean_cos``: mean pairwise cosine of the image encoder's [CLS] output / mean patch output
+  (final LN, eval transform, no masking, no projection head) over the studies. Near 1.0 a global image embedding
+  built on it cannot tell images apart, whatever the heads learn.
 - ``probe_<label>_<features>``: 5-fold cross-validated AUROC of a logistic regression (standardised features) that
-  predicts a CheXpert label (1 = positive; 0, -1 and blank = not positive) from image [CLS], text [CLS] or the
-  text's mean token state. 0.5 = no linear information.
+  predicts a CheXpert label (1 = positive; 0, -1 and blank = not positive) from image [CLS], image patch mean,
+  text [CLS] or the text's mean token state. 0.5 = no linear information.
 
 Models: ``--model NAME=CHECKPOINT`` (an MRM or align checkpoint, kinds as in ``alta evaluate``; NAME ``random``
 with CHECKPOINT ``none`` builds the preset with seed 0 and no weights, the reference point). Inputs: ``--pairs``,
@@ -52,27 +52,30 @@ def study_rows(pairs_path: str, chexpert_path: str, split: str):
 
 
 def features(model, rows, images_path: str, extract_dir: str, tokenizer, batch: int = 64) -> dict[str, np.ndarray]:
-    """Frozen-tower features: image [CLS] (after the final LN), text [CLS] and text mean token state."""
+    """Frozen-tower features: image [CLS] and image patch mean (after the final LN), text [CLS] and text mean
+    token state."""
     from alta import augment as A
     from alta.data import ImageStore
 
     store = ImageStore(io.read_parquet(images_path), extract_dir)
     s = int(model.cfg.img_size)
-    img, tcls, tmean = [], [], []
+    img, imean, tcls, tmean = [], [], [], []
     with torch.no_grad():
         for i in range(0, len(rows), batch):
             part = rows.iloc[i:i + batch]
             x = torch.stack([A.eval_transform(torch.tensor(np.asarray(store.read(d))), s)
                              for d in part["dicom_id"]])
-            img.append(model.image_cls(x))
+            h = model.inference_states(x)
+            img.append(h[:, 0])
+            imean.append(h[:, 1:].mean(1))
             enc = tokenizer(part["text"].astype(str).tolist(), max_length=128, padding=True, truncation=True,
                             return_tensors="pt", return_token_type_ids=False)
             h = model.bert_encoder(enc["input_ids"], enc["attention_mask"])
             m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
             tcls.append(h[:, 0])
             tmean.append((h * m).sum(1) / m.sum(1))
-    return {"img_cls": torch.cat(img).numpy(), "text_cls": torch.cat(tcls).numpy(),
-            "text_mean": torch.cat(tmean).numpy()}
+    return {"img_cls": torch.cat(img).numpy(), "img_mean": torch.cat(imean).numpy(),
+            "text_cls": torch.cat(tcls).numpy(), "text_mean": torch.cat(tmean).numpy()}
 
 
 def mean_pairwise_cosine(x: np.ndarray) -> float:
@@ -111,11 +114,13 @@ def probe_model(name: str, ckpt: str, args, rows) -> dict:
         model = build_alta(args.preset, text_dir=args.text_dir, tokenizer=tok, vocab_size=len(tok),
                            special_ids=special_ids(tok)).eval()
     else:
-        emb = Embedder.from_checkpoint(name, ckpt, tokenizer_dir=args.tokenizer, text_dir=args.text_dir)
+        emb = Embedder.from_checkpoint(name, ckpt, tokenizer_dir=args.tokenizer, text_dir=args.text_dir,
+                                       mrm_options=json.loads(args.mrm_options))
         model, tok = emb.model, emb.tokenizer
     feats = features(model, rows, args.images, args.extract_dir, tok)
     out: dict = {"model": name, "checkpoint": ckpt, "n_studies": len(rows),
-                 "img_cls_cos": mean_pairwise_cosine(feats["img_cls"])}
+                 "img_cls_cos": mean_pairwise_cosine(feats["img_cls"]),
+                 "img_mean_cos": mean_pairwise_cosine(feats["img_mean"])}
     for label in LABELS:
         y = (rows[label].to_numpy(dtype=float) == 1.0).astype(int)
         key = label.lower().replace(" ", "_")
@@ -144,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
             raise FileNotFoundError(f"--model {spec}: no such checkpoint")
         results.append(probe_model(name, ckpt, args, rows))
     io.write_json(args.out, {"split": args.split, "labels": list(LABELS), "results": results})
-    keys = [k for k in results[0] if k.startswith(("img_cls_cos", "probe_"))]
+    keys = [k for k in results[0] if k.startswith(("img_cls_cos", "img_mean_cos", "probe_"))]
     print("| metric | " + " | ".join(r["model"] for r in results) + " |")
     print("|---|" + "---:|" * len(results))
     for k in keys:

@@ -88,6 +88,35 @@ def test_evaluate_cli_scores_models_and_reports_skips(trained, tmp_path):
     assert (out / "plots" / "retrieval_examples_align.png").stat().st_size > 0
 
 
+def test_small_scale_options_reach_the_inference_models(trained, tmp_path):
+    """An align run with the demo's small-scale options trains loss_global_cf, its checkpoint embeds with the same
+    pooling, and the MRM baseline built with --mrm-options embeds the same features as the aligned model."""
+    from alta import align
+    from alta.evaluate.embedding import Embedder
+
+    root, pairs, images, extract = trained
+    opts = {"inference_view_loss": True, "image_pooling": "patch_mean", "text_pooling": "token_mean"}
+    cfg = {"batch_size": 4, "num_workers": 0, "log_every": 1, "warmup_epochs": 1, "schedule_epochs": 4,
+           "max_epochs": 2, "blr": 1e-2, "max_steps": 2, "val_max_rows": 4, "model_options": opts}
+    out = tmp_path / "align"
+    assert align.main(["--pairs", str(pairs), "--images", str(images), "--extract-dir", str(extract),
+                       "--tokenizer", str(root / "tok"), "--mrm-weights", str(root / "mrm" / "checkpoint.pt"),
+                       "--out", str(out), "--config-json", json.dumps(cfg)]) == 0
+    logged = [json.loads(line) for line in (out / "tracking.jsonl").read_text().splitlines()]
+    assert any("loss_global_cf" in r["payload"].get("values", {}) for r in logged if r["kind"] == "metrics")
+    tok = str(out / "tokenizer")
+    aligned = Embedder.from_checkpoint("align", str(out / "checkpoint.pt"), tok)
+    assert (aligned.model.options.image_pooling, aligned.model.options.text_pooling) == ("patch_mean", "token_mean")
+    mrm_ck = str(root / "mrm" / "checkpoint.pt")
+    plain = Embedder.from_checkpoint("mrm", mrm_ck, tok)
+    pooled = Embedder.from_checkpoint("mrm", mrm_ck, tok, mrm_options=opts)
+    assert plain.model.options.image_pooling == "cls" and pooled.model.options.image_pooling == "patch_mean"
+    grey = [np.random.default_rng(i).integers(0, 255, (80, 80), dtype=np.uint8) for i in range(3)]
+    assert not np.allclose(plain.images(grey), pooled.images(grey), atol=1e-4)
+    with pytest.raises(ValueError, match="image_pooling"):
+        Embedder.from_checkpoint("mrm", mrm_ck, tok, mrm_options={"image_pooling": "max"})
+
+
 def test_embed_and_zeroshot_cli(trained, tmp_path, capsys):
     from alta import embed
 

@@ -467,3 +467,65 @@ def test_build_mrm_from_wordpiece_tokenizer():
     m = build_mrm("tiny", tokenizer=tok)
     assert m.vocab_size == 8 and (m.pad_token_id, m.cls_token_id, m.mask_token_id) == (0, 2, 3)
     assert m.is_continuation.tolist() == [False] * 5 + [True, False, True]
+
+
+# ---------------------------------------------------------------- small-scale options (AltaOptions, README demo)
+SMALL_SCALE = {"inference_view_loss": True, "image_pooling": "patch_mean", "text_pooling": "token_mean",
+               "exclude_missing_views": True}
+
+
+@pytest.mark.parametrize("key,value", [("image_pooling", "max"), ("text_pooling", "pooler")])
+def test_small_scale_options_reject_unknown_values(key, value):
+    with pytest.raises(ValueError, match=key):
+        tiny_alta(options={key: value})
+
+
+@pytest.mark.parametrize("pooling", ["cls", "patch_mean"])
+def test_training_global_embedding_is_the_inference_embedding_without_masking(pooling):
+    """With no masking and only the current frontal present, the four-view training embedding (§2.6, present views
+    only) must be exactly what inference embeds (§2.10), for both poolings: then loss_global == loss_global_cf."""
+    m = tiny_alta(overrides={"mask_ratio": 0.0},
+                  options={"inference_view_loss": True, "exclude_missing_views": True, "image_pooling": pooling}).eval()
+    cf, views, _ = image_batch()
+    present = torch.zeros(4, 4, dtype=torch.bool)
+    present[:, 0] = True
+    ids, am = text_batch()
+    with torch.no_grad():
+        out = m(cf, views, present, ids, am, generator=torch.Generator().manual_seed(0))
+        cf_s = nn.functional.interpolate(cf, size=64, mode="bicubic", align_corners=False, antialias=True)
+        expected = global_contrastive_loss(m.encode_image(cf_s), m.encode_text(ids, am), m.logit_scale)
+    assert torch.allclose(out["loss_global_cf"], expected, atol=1e-5)
+    assert torch.allclose(out["loss_global"], out["loss_global_cf"], atol=1e-5)
+    terms = sum(out[k] for k in ("loss_global", "loss_local", "loss_mim", "loss_mlm", "loss_global_cf"))
+    assert torch.allclose(out["loss"], terms)
+    assert "loss_global_cf" not in tiny_alta().eval()(cf, views, present, ids, am)
+
+
+def test_pooling_options_change_the_inference_embeddings():
+    """patch_mean / token_mean embed other features than [CLS]; token_mean ignores padding."""
+    base, pooled = tiny_alta().eval(), tiny_alta(options=SMALL_SCALE).eval()
+    x = torch.randn(4, 3, 64, 64)
+    ids, am = text_batch()
+    with torch.no_grad():
+        assert not torch.allclose(base.encode_image(x), pooled.encode_image(x), atol=1e-3)
+        assert not torch.allclose(base.encode_text(ids, am), pooled.encode_text(ids, am), atol=1e-3)
+        h = pooled.bert_encoder(ids, am)
+        w = am.unsqueeze(-1).float()
+        mean = (h * w).sum(1) / w.sum(1)
+        expected = nn.functional.normalize(pooled.bert_encoder.cls_projection_head(mean), dim=-1)
+        assert torch.allclose(pooled.encode_text(ids, am), expected, atol=1e-6)
+        longer = torch.cat([ids, torch.full((4, 8), SPECIAL["pad"])], dim=1)
+        assert torch.allclose(pooled.encode_text(longer, torch.cat([am, torch.zeros(4, 8, dtype=am.dtype)], 1)),
+                              pooled.encode_text(ids, am), atol=1e-5)
+
+
+def test_small_scale_options_every_trainable_parameter_gets_a_gradient_and_cf_loss_decreases():
+    m = tiny_alta(overrides={"text_dropout": 0.0}, options=SMALL_SCALE).train()
+    assert m.trainable_names() == tiny_alta().trainable_names()  # no new parameters, same trainable set
+    cf, views, present = image_batch()
+    ids, am = text_batch()
+    m(cf, views, present, ids, am, generator=torch.Generator().manual_seed(0))["loss"].backward()
+    assert [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None] == []
+    m.zero_grad()
+    values = _overfit(m, "loss_global_cf", 30, 3e-3, (cf, views, present, ids, am))
+    assert values[-1] < 0.5 * values[0], values

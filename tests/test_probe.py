@@ -40,4 +40,5 @@ def test_probe_measures_feature_diversity_and_linear_information(synth, tmp_path
     assert rc == 0
     res = json.loads(out.read_text())["results"][0]
     assert res["model"] == "random" and res["n_studies"] > 0 and -1 <= res["img_cls_cos"] <= 1
-    assert {f"probe_cardiomegaly_{f}" for f in ("img_cls", "text_cls", "text_mean")} <= set(res)
+    assert -1 <= res["img_mean_cos"] <= 1
+    assert {f"probe_cardiomegaly_{f}" for f in ("img_cls", "img_mean", "text_cls", "text_mean")} <= set(res)

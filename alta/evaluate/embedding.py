@@ -62,8 +62,11 @@ class Embedder:
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, kind: str, path: str, tokenizer_dir: str, text_dir: str | None = None,
-                        batch_size: int = 64, device: str = "cpu") -> "Embedder":
-        """Build the ALTA architecture for ``kind`` (align / mrm / official) and load ``path`` into it."""
+                        batch_size: int = 64, device: str = "cpu", mrm_options: dict | None = None) -> "Embedder":
+        """Build the ALTA architecture for ``kind`` (align / mrm / official) and load ``path`` into it.
+
+        ``mrm_options`` (kind ``mrm`` only): ALTA options laid over the MRM checkpoint's own, normally the align
+        stage's ``model_options``, so that the baseline embeds the same features (pooling) as the aligned model."""
         from alta.models import build_alta, load_checkpoint
         from alta.models.checkpoints import extract_state_dict
         from alta.tokenizer import load_tokenizer, special_ids
@@ -78,6 +81,7 @@ class Embedder:
                       overrides=args.get("model_overrides") or None, options=args.get("model_options") or None)
         torch.manual_seed(0)  # untrained heads of the `mrm` baseline are the same in every run
         if kind == "mrm":
+            common["options"] = {**(common["options"] or {}), **(mrm_options or {})} or None
             model = build_alta(**common, text_dir=text_dir, mrm_checkpoint=extract_state_dict(obj))
         elif kind in ("align", "official"):
             model = build_alta(**common)

@@ -161,6 +161,7 @@ def benchmarks_to_run(cfg: dict) -> dict[str, str | None]:
 
 def evaluate_model(name: str, ckpt: str, args, cfg: dict) -> dict[str, dict]:
     emb = Embedder.from_checkpoint(name, ckpt, tokenizer_dir=args.tokenizer, text_dir=args.text_dir,
+                                   mrm_options=json.loads(args.mrm_options),
                                    batch_size=cfg.get("batch_size", 64))
     results: dict[str, dict] = {}
     status = benchmarks_to_run(cfg)
@@ -215,6 +216,9 @@ def add_model_inputs(ap: argparse.ArgumentParser, model_help: str) -> None:
     ap.add_argument("--text-dir", default=None,
                     help="local CXR-BERT directory or the text_pretrain model (the text tower of models built from "
                          "MRM weights; as align.text_dir)")
+    ap.add_argument("--mrm-options", default="{}",
+                    help="JSON ALTA options for models built from MRM weights (the align stage's model_options), so "
+                         "the baseline embeds what the aligned model embeds")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -241,20 +241,16 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
         return dict(loss=loss, **out, logit_scale=self.logit_scale.detach().exp())
 
     # ----------------------------------------------------------------- inference (method.md §2.10)
-    def _inference_states(self, x: torch.Tensor) -> torch.Tensor:
+    def inference_states(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) -> (B,1+N,D): steps 2-4 of §2.10 (no masking, current + frontal embeddings, final LN)."""
         tok = self.embed_patches(x) + self.pos_embed[:, 1:]
         tok = self.add_cls(tok) + (self.temporal_embedding[:, :1] + self.view_embedding[:, :1]).to(tok.dtype)
         return self.run_blocks(tok)
 
-    def image_cls(self, x: torch.Tensor) -> torch.Tensor:
-        """(B,3,S,S) -> (B,D): the [CLS] output of the §2.10 path, before the projection head."""
-        return self._inference_states(x)[:, 0]
-
     def image_feature(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) -> (B,D): what the global head embeds at inference: the [CLS] output (§2.10) or, with
         ``image_pooling='patch_mean'``, the mean of all patch outputs."""
-        h = self._inference_states(x)
+        h = self.inference_states(x)
         return self.view_feature(h[:, 0], h[:, 1:])
 
     def encode_image(self, x: torch.Tensor) -> torch.Tensor:

@@ -74,4 +74,4 @@ class MAEDecoderMixin:
             target = (target - mean) / (var + 1.0e-6) ** 0.5
         loss = ((pred.float() - target) ** 2).mean(dim=-1)
         mask = mask.float()
-        return (loss * mask).sum() / mask.sum()
+        return (loss * mask).sum() / mask.sum().clamp_min(1.0)  # mask_ratio 0: nothing to reconstruct, loss 0
