@@ -187,6 +187,13 @@ def eval_checkpoints(wildcards):
     return out
 
 
+def align_model_options(wildcards):
+    """The align section's ALTA options as shell-quoted JSON: the MRM baseline is built with them."""
+    return shlex.quote(
+        json.dumps(config["align"].get("model_options") or {}, sort_keys=True)
+    )
+
+
 def eval_model_args(wildcards, input):
     return " ".join(
         f"--model {name}={input[name]}" for name in config["evaluate"]["models"]

@@ -30,7 +30,7 @@ rule evaluate:
         models=eval_model_args,
         tok=tokenizer_dir,
         text_dir=lambda w: opt("--text-dir", text_dir()),
-        mrm_options=lambda w: shlex.quote(json.dumps(config["align"].get("model_options") or {}, sort_keys=True)),
+        mrm_options=align_model_options,
     shell:
         "{params.py} -m alta.evaluate.run {params.models} --pairs {input.pairs} --images {input.images}"
         " --extract-dir {params.extract} --tokenizer {params.tok} {params.text_dir} --out {params.outdir}"
