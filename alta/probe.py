@@ -56,6 +56,7 @@ def features(model, rows, images_path: str, extract_dir: str, tokenizer, batch: 
     token state."""
     from alta import augment as A
     from alta.data import ImageStore
+    from alta.models.text import masked_mean
 
     store = ImageStore(io.read_parquet(images_path), extract_dir)
     s = int(model.cfg.img_size)
@@ -71,9 +72,8 @@ def features(model, rows, images_path: str, extract_dir: str, tokenizer, batch: 
             enc = tokenizer(part["text"].astype(str).tolist(), max_length=128, padding=True, truncation=True,
                             return_tensors="pt", return_token_type_ids=False)
             h = model.bert_encoder(enc["input_ids"], enc["attention_mask"])
-            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
             tcls.append(h[:, 0])
-            tmean.append((h * m).sum(1) / m.sum(1))
+            tmean.append(masked_mean(h, enc["attention_mask"]))
     return {"img_cls": torch.cat(img).numpy(), "img_mean": torch.cat(imean).numpy(),
             "text_cls": torch.cat(tcls).numpy(), "text_mean": torch.cat(tmean).numpy()}
 

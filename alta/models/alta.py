@@ -33,7 +33,7 @@ from .adapters import ProjectionHead, init_adapter, init_reference
 from .losses import caption_lengths, global_contrastive_loss, local_contrastive_loss
 from .mae_decoder import MAEDecoderMixin
 from .presets import AltaOptions, ModelConfig
-from .text import CXRBertEncoder, masked_lm_loss, mlm_mask
+from .text import CXRBertEncoder, masked_lm_loss, masked_mean, mlm_mask
 from .vit import ViTEncoderMixin, random_masking
 
 # view order [cf, cl, pf, pl]
@@ -180,10 +180,7 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
     def pool_views(self, feat: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """(B,4,D) per-view features -> (B,D) c̄: the mean over all four views (§2.6), or over the present ones
         with ``exclude_missing_views``."""
-        if not self.options.exclude_missing_views:
-            return feat.mean(dim=1)
-        w = present.to(feat.dtype).unsqueeze(-1)
-        return (feat * w).sum(dim=1) / w.sum(dim=1)
+        return masked_mean(feat, present) if self.options.exclude_missing_views else feat.mean(dim=1)
 
     @torch.no_grad()
     def _check_inputs(self, cf_target, views, present) -> None:
@@ -259,10 +256,7 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
     def text_feature(self, h: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """(B,L,D) text states -> (B,D): h_[CLS] (§2.10) or, with ``text_pooling='token_mean'``, the mean over the
         attended tokens."""
-        if self.options.text_pooling == "cls":
-            return h[:, 0]
-        w = attention_mask.to(h.dtype).unsqueeze(-1)
-        return (h * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+        return h[:, 0] if self.options.text_pooling == "cls" else masked_mean(h, attention_mask)
 
     def encode_text(self, ids: torch.Tensor, attention_mask: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         h = self.bert_encoder(ids, attention_mask)

@@ -227,6 +227,12 @@ def mlm_mask(ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: dict[
     return out, labels
 
 
+def masked_mean(x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """(B,L,D) x, (B,L) 0/1 weights (attention mask, present views) -> (B,D) mean over the weighted positions."""
+    w = weights.to(x.dtype).unsqueeze(-1)
+    return (x * w).sum(dim=1) / w.sum(dim=1).clamp_min(1.0)
+
+
 def masked_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean CE over positions whose label is not -100 (0 with a graph when a batch has no such position)."""
     labels = labels.reshape(-1)
