@@ -149,7 +149,7 @@ class AltaOptions:
 
     Small-scale switches, not in the paper (off in both modes; the demo's config.yaml turns them on, README
     "What the demo shows" has the measurements). ALTA trains its global loss on the mean [CLS] of four 75 %-masked
-    views but embeds one unmasked current frontal at inference (§2.10); at the paper's scale the two agree, on a
+    views but embeds one unmasked current frontal at inference (§2.10), which assumes the two agree; on the demo's
     few hundred studies with a tiny encoder they do not, and a tiny MRM's [CLS] (and a tiny text stand-in's [CLS])
     carries almost nothing that distinguishes one image (report) from another.
 
