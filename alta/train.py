@@ -54,23 +54,26 @@ NON_RESULT_KEYS = {"num_workers", "log_every", "ckpt_every", "save_every_epochs"
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 96  # global samples per optimiser step, whatever the device count
-    accum_steps: int = 1
-    blr: float = 1.5e-4
-    weight_decay: float = 0.05
-    warmup_epochs: float = 10.0
-    schedule_epochs: float = 100.0
-    max_epochs: float = 30.0
-    max_steps: int | None = None  # overrides max_epochs (demos, tests)
-    ckpt_every: int = 0
-    save_every_epochs: int = 0
-    eval_every_epochs: int = 1
-    log_every: int = 10
-    seed: int = 0
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
-    num_workers: int = 2
-    batch_unique_study: bool = True
-    find_unused_parameters: bool = False
+    """The engine's settings. No defaults here: they live in ``alta.recipes`` (one place); stages build this from
+    their merged config with ``from_dict``."""
+
+    batch_size: int  # global samples per optimiser step, whatever the device count
+    accum_steps: int
+    blr: float
+    weight_decay: float
+    warmup_epochs: float
+    schedule_epochs: float
+    max_epochs: float
+    max_steps: int | None  # overrides max_epochs (demos, tests)
+    ckpt_every: int
+    save_every_epochs: int
+    eval_every_epochs: int
+    log_every: int
+    seed: int
+    precision: str  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    num_workers: int
+    batch_unique_study: bool
+    find_unused_parameters: bool
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -172,7 +175,9 @@ def fit(task: Task, cfg: TrainConfig, config: dict, out_dir: str | Path, info: D
 
     last = out / "last.pt"
     if last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
+        from alta.models.checkpoints import read_checkpoint
+
+        ck = read_checkpoint(last)
         if ck.get("config_hash") != chash:
             log.warning("%s was written with another config (hash %s != %s); starting afresh", last,
                         ck.get("config_hash"), chash)

@@ -62,17 +62,19 @@ class Embedder:
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, kind: str, path: str, tokenizer_dir: str, text_dir: str | None = None,
-                        batch_size: int = 64, device: str = "cpu", mrm_options: dict | None = None) -> "Embedder":
+                        batch_size: int = 64, device: str = "cpu", mrm_options: dict | None = None,
+                        trust: bool = False) -> "Embedder":
         """Build the ALTA architecture for ``kind`` (align / mrm / official) and load ``path`` into it.
 
         ``mrm_options`` (kind ``mrm`` only): ALTA options laid over the MRM checkpoint's own, normally the align
-        stage's ``model_options``, so that the baseline embeds the same features (pooling) as the aligned model."""
+        stage's ``model_options``, so that the baseline embeds the same features (pooling) as the aligned model.
+        ``trust``: the user's opt-in to unpickle a file that holds more than weights (``read_checkpoint``)."""
         from alta.models import build_alta, load_checkpoint
-        from alta.models.checkpoints import extract_state_dict
+        from alta.models.checkpoints import extract_state_dict, read_checkpoint
         from alta.tokenizer import load_tokenizer, special_ids
 
         tok = load_tokenizer(tokenizer_dir)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = read_checkpoint(path, trust=trust)
         meta = obj if isinstance(obj, dict) else {}
         args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
         preset = meta.get("preset") or "vit_base"

@@ -115,15 +115,20 @@ def opt(flag, value):
 
 
 # ---- used by train.smk ----
-# Keys of a training section that configure the workflow, not the trainer.
-WORKFLOW_KEYS = {"weights", "nproc", "gpus", "threads", "text_dir", "enabled"}
-
-
 def trainer_config(stage):
-    """The stage's trainer settings as shell-quoted JSON (the workflow seed unless the section sets its own)."""
+    """The stage's effective trainer settings (recipe + config, resolved in the Snakefile) and the recipe's name,
+    as shell-quoted JSON; the workflow seed unless the section sets its own."""
+    from alta.recipes import WORKFLOW_KEYS
+
     cfg = {k: v for k, v in config[stage].items() if k not in WORKFLOW_KEYS}
     cfg.setdefault("seed", config["seed"])
+    cfg["recipe"] = config["recipe"]
     return shlex.quote(json.dumps(cfg, sort_keys=True))
+
+
+def trust_flag(stage, key):
+    """``--trust-checkpoint`` when the user marked that stage's weight file as trusted (default: weights only)."""
+    return "--trust-checkpoint" if config[stage].get(key) else ""
 
 
 def tokenizer_dir(wildcards=None):
@@ -195,6 +200,6 @@ def align_model_options(wildcards):
 
 
 def eval_model_args(wildcards, input):
-    return " ".join(
-        f"--model {name}={input[name]}" for name in config["evaluate"]["models"]
-    )
+    trusted = {"mrm": config["mrm"].get("trust_weights"), "official": config["evaluate"].get("trust_official_alta")}
+    models = [f"--model {name}={input[name]}" for name in config["evaluate"]["models"]]
+    return " ".join(models + [f"--trust {name}" for name, yes in trusted.items() if yes])

@@ -111,7 +111,8 @@ rule align:
         cfg=lambda w: trainer_config("align"),
         tok=tokenizer_dir,
         text_dir=lambda w: opt("--text-dir", text_dir()),
+        trust=trust_flag("mrm", "trust_weights"),
     shell:
         torchrun("align") + " --pairs {input.pairs} --images {input.images}"
-        " --extract-dir {params.extract} --tokenizer {params.tok} --mrm-weights {input.mrm} {params.text_dir}"
+        " --extract-dir {params.extract} --tokenizer {params.tok} --mrm-weights {input.mrm} {params.text_dir} {params.trust}"
         " --out {params.outdir} --config-json {params.cfg} >> {log} 2>&1"
