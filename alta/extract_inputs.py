@@ -236,3 +236,16 @@ def shard_files(source: str, root: str | Path, shard: str, manifest: str | Path 
     tasks = shard_tasks(source, root, shard, manifest=manifest, n_shards=n_shards) if source == "manifest" \
         else _mimic_tasks(source, Path(root), shard)
     return sorted({t.path for t in tasks if t.reject is None or t.reject[0] != "missing_file"})
+
+
+def manifest_shard_digest(manifest: str | Path, shard: str, n_shards: int = 10) -> str:
+    """sha256 of the image columns (``alta.manifest.IMAGE_COLUMNS``) of one shard's manifest rows, in manifest
+    order: the Snakemake param that reruns a shard when, and only when, what it extracts changes (an edited report
+    text reruns sections onward, not extraction)."""
+    import hashlib
+
+    from alta import manifest as M
+
+    df = read_manifest(manifest)
+    rows = df[[manifest_shard(s, n_shards) == shard for s in df["subject_id"]]]
+    return hashlib.sha256(rows[list(M.IMAGE_COLUMNS)].to_csv(index=False).encode()).hexdigest()

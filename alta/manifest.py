@@ -57,7 +57,7 @@ def _column_problems(path: Path, columns: list[str], need_reports: bool, require
     present = set(columns)
     for col in required:
         if col not in present:
-            near = difflib.get_close_matches(col, [c for c in columns if c not in COLUMNS], 1, 0.7)
+            near = difflib.get_close_matches(col, [c for c in columns if c not in COLUMNS], 1, 0.45)
             hint = f" (found {near[0]!r}: rename it)" if near else ""
             out.append(f"{path}: missing required column {col!r}{hint}")
     for col in columns:

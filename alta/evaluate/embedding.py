@@ -90,11 +90,14 @@ class Embedder:
             load_checkpoint(obj, model)
         else:
             raise ValueError(f"unknown model kind {kind!r}; expected align, mrm or official")
-        return cls(model, tok, batch_size=batch_size, device=device, preset=preset, kind=kind,
-                   checkpoint_sha256=io.sha256_file(path))
+        emb = cls(model, tok, batch_size=batch_size, device=device, preset=preset, kind=kind,
+                  checkpoint_sha256=io.sha256_file(path))
+        emb.provenance = checkpoint_provenance(path, meta, kind)
+        return emb
 
     def describe(self) -> dict:
         return {"kind": self.kind, "preset": self.preset, "checkpoint_sha256": self.checkpoint_sha256,
+                **getattr(self, "provenance", {}),
                 "transform": f"Resize({round(self.img_size * 256 / 224)}, bicubic, antialias) -> "
                              f"CenterCrop({self.img_size}) -> Grayscale(3) -> Normalize({augment.ALTA_MEAN}, "
                              f"{augment.ALTA_STD})",
@@ -176,3 +179,15 @@ class Embedder:
                                            normalize=normalize).float()
             out.append(t.cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def checkpoint_provenance(path: str, meta: dict, kind: str) -> dict:
+    """What a scored model started from: the file's size, the recipe its stage ran and how that differs from the
+    published method (our checkpoints record both; an imported MRM.pth / ALTA.pth records neither)."""
+    recipe = meta.get("recipe")
+    out = {"checkpoint_bytes": Path(path).stat().st_size, "recipe": recipe or "unknown (imported file)"}
+    if recipe is not None:
+        out["recipe_differences"] = {k: v["value"] for k, v in (meta.get("recipe_differences") or {}).items()}
+    if kind == "mrm":
+        out["note"] = "ALTA built from these MRM weights, adapters and heads untrained"
+    return out

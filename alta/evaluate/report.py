@@ -164,10 +164,30 @@ def write_plots(results: dict[str, dict], out_dir: Path) -> list[Path]:
     return written
 
 
+def _models_section(results: dict[str, dict]) -> list[str]:
+    """Each model's checkpoint (sha256, size) and recipe, with every setting that is not the published method."""
+    lines = ["## Models", ""]
+    for name, benches in results.items():
+        m = next((r["model"] for r in benches.values() if isinstance(r, dict) and "model" in r), None)
+        if m is None:
+            continue
+        size = f", {m['checkpoint_bytes']:,} bytes" if "checkpoint_bytes" in m else ""
+        lines.append(f"- **{name}**: `{m.get('checkpoint')}` (sha256 `{m.get('checkpoint_sha256', '')[:16]}…`{size}); "
+                     f"recipe {m.get('recipe', 'unknown')}")
+        diff = m.get("recipe_differences")
+        if diff:
+            lines.append("  - not the published method: " + ", ".join(f"`{k}={v!r}`" for k, v in diff.items()))
+        elif diff is not None:
+            lines.append("  - the published method (no differences)")
+        if m.get("note"):
+            lines.append(f"  - {m['note']}")
+    return lines + [""]
+
+
 def markdown_report(results: dict[str, dict], table: pd.DataFrame, plots: list[Path],
                     headline: dict[str, list[str]]) -> str:
     """The human-readable report: per-benchmark tables, skipped benchmarks with reasons, protocol notes, plots."""
-    lines = ["# alta evaluation", ""]
+    lines = ["# alta evaluation", ""] + _models_section(results)
     for bench, keys in headline.items():
         cols = [c for c in table.columns if c.startswith(bench + ".")]
         skipped = {m: r[bench]["skipped"] for m, r in results.items() if "skipped" in r.get(bench, {})}

@@ -162,14 +162,18 @@ def benchmarks_to_run(cfg: dict) -> dict[str, str | None]:
 def evaluate_model(name: str, ckpt: str, args, cfg: dict) -> dict[str, dict]:
     emb = Embedder.from_checkpoint(name, ckpt, tokenizer_dir=args.tokenizer, text_dir=args.text_dir,
                                    mrm_options=json.loads(args.mrm_options),
-                                   batch_size=cfg.get("batch_size", 64))
+                                   batch_size=cfg.get("batch_size", 64), trust=name in (args.trust or []))
     results: dict[str, dict] = {}
     status = benchmarks_to_run(cfg)
     params = {**cfg, "model": name, "checkpoint": ckpt}
     with tracking.stage_run("evaluate", params=params, out_dir=Path(args.out) / "metrics" / name,
                             run_name=f"evaluate:{name}") as run:
         run.set_tags({"alta.model": name, "alta.checkpoint_sha256": emb.checkpoint_sha256,
-                      "alta.preset": emb.preset})
+                      "alta.checkpoint_bytes": str(emb.provenance["checkpoint_bytes"]), "alta.preset": emb.preset,
+                      "alta.recipe": emb.provenance["recipe"],
+                      "alta.recipe_differences": "; ".join(f"{k}={v!r}" for k, v in
+                                                           emb.provenance.get("recipe_differences", {}).items())
+                      or "none"})
         for bench, skip in status.items():
             if skip:
                 log.warning("%s: skipping %s (%s)", name, bench, skip)
@@ -216,6 +220,8 @@ def add_model_inputs(ap: argparse.ArgumentParser, model_help: str) -> None:
     ap.add_argument("--text-dir", default=None,
                     help="local CXR-BERT directory or the text_pretrain model (the text tower of models built from "
                          "MRM weights; as align.text_dir)")
+    ap.add_argument("--trust", action="append", metavar="NAME",
+                    help="load model NAME's file with full unpickling (only a file you trust; default: weights only)")
     ap.add_argument("--mrm-options", default="{}",
                     help="JSON ALTA options for models built from MRM weights (the align stage's model_options), so "
                          "the baseline embeds what the aligned model embeds")

@@ -3,6 +3,7 @@
 
 import json
 import shlex
+import threading
 from pathlib import Path
 
 from alta import tracking
@@ -18,6 +19,12 @@ ROOT = DATA["root"]
 # also through sbatch's default --export=ALL on Slurm.
 TRACKING_CONTEXT = os.path.abspath(f"{RES}/mlflow/context.json")
 os.environ[tracking.CONTEXT_ENV] = TRACKING_CONTEXT
+
+# Ctrl-C stops running jobs within seconds (training saves last.pt first); alta/interrupts.py says why it is needed.
+if threading.current_thread() is threading.main_thread():
+    from alta import interrupts
+
+    interrupts.forward_interrupt()
 
 
 def section(name):
@@ -87,11 +94,22 @@ def shard_input_files(wildcards):
         n_shards=config["extract"]["n_shards"],
     )
     if DATA["source"] == "manifest":
-        # Missing manifest paths become rejects inside the stage, not DAG errors.
-        files = [f for f in files if os.path.exists(f)] + [DATA["manifest"]]
+        # Missing manifest paths become rejects inside the stage, not DAG errors. The manifest itself is not an
+        # input: a shard depends on its rows' image columns only (shard_digest), so a report edit does not
+        # re-extract.
+        files = [f for f in files if os.path.exists(f)]
     elif DATA["source"] == "mimic_jpg" and _metadata_csv():
         files = files + [_metadata_csv()]
     return files
+
+
+def shard_digest(wildcards):
+    """The digest of a manifest shard's image columns (a param: it changes only when what the shard extracts does)."""
+    if DATA["source"] != "manifest":
+        return ""
+    from alta import extract_inputs
+
+    return extract_inputs.manifest_shard_digest(DATA["manifest"], wildcards.shard, config["extract"]["n_shards"])
 
 
 def report_files(wildcards):
