@@ -353,18 +353,62 @@ def test_align_cli_starts_from_a_released_mrm_with_mae_encoder_and_official_deco
     assert re.search(r"step 2/2 \(epoch [\d.]+/[\d.]+\) loss [\d.]+ .*samples/s \| eta", caplog.text)
 
 
+def _align_processes(work: Path) -> list:
+    import psutil
+
+    out = []
+    for p in psutil.process_iter(["cmdline", "cwd"]):
+        try:
+            if "alta.align" in " ".join(p.info["cmdline"] or []) and p.info["cwd"] == str(work):
+                out.append(p)
+        except psutil.Error:
+            pass
+    return out
+
+
+def _interrupt_during_align(work: Path) -> tuple[float, int]:
+    """Start `snakemake all`, send SIGINT to Snakemake alone once align logs progress; return (seconds until no
+    align process is left, Snakemake's exit code)."""
+    import os
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "snakemake", "-s", str(REPO / "Snakefile"), "-d", str(work), "--configfile",
+           str(work / "config.yaml"), "--cores", "2", "all"]
+    proc = subprocess.Popen(cmd, cwd=work, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    log = work / "logs" / "align" / "align.log"
+    deadline = time.time() + 1200
+    while not (log.exists() and re.search(r"step \d+/40 ", log.read_text())):
+        assert proc.poll() is None and time.time() < deadline, "align never logged progress"
+        time.sleep(0.5)
+    t0 = time.time()
+    os.kill(proc.pid, signal.SIGINT)
+    while _align_processes(work) and time.time() - t0 < 120:
+        time.sleep(0.2)
+    stopped = time.time() - t0
+    return stopped, proc.wait(timeout=120)
+
+
 @pytest.mark.slow
 def test_workflow_starts_align_from_a_released_mrm_and_evaluates_it(tmp_path, mlflow_uri):
+    """mrm.weights = a released-layout MRM.pth with the official code's tables: align starts from it (after a
+    Ctrl-C that stops it within seconds and a rerun that resumes), and evaluate scores the MRM baseline built from
+    it, with the file's sha256 and size recorded."""
     from conftest import demo_config, snakemake
 
     from alta import io, tracking
 
     weights = official_mrm_file(tmp_path / "MRM.pth")
-    demo_config(tmp_path, mlflow_uri, mrm={"weights": str(weights)})
+    demo_config(tmp_path, mlflow_uri, mrm={"weights": str(weights)}, align={"max_steps": 40, "ckpt_every": 1000})
+    stopped, rc = _interrupt_during_align(tmp_path)
+    assert rc != 0 and stopped < 30, stopped  # Snakemake alone would wait for align to finish its 40 steps
+    assert (tmp_path / "results" / "align" / "last.pt").exists()  # written by the signal handler, not periodically
     snakemake(tmp_path, "all")
     res = tmp_path / "results"
-    assert not (res / "mrm" / "checkpoint.pt").exists()  # MRM pretraining skipped
     log = (tmp_path / "logs" / "align" / "align.log").read_text()
+    assert re.search(r"resumed from .*last\.pt at step [1-9]\d* of 40", log)
+    assert not (res / "mrm" / "checkpoint.pt").exists()  # MRM pretraining skipped
     assert "pos_embed is the official-code (omega / D / 2.) sin-cos table" in log
     assert "recipe demo; differs from the published method" in log and "model_options.image_pooling" in log
     sha = io.sha256_file(weights)
