@@ -109,7 +109,9 @@ def shard_digest(wildcards):
         return ""
     from alta import extract_inputs
 
-    return extract_inputs.manifest_shard_digest(DATA["manifest"], wildcards.shard, config["extract"]["n_shards"])
+    return extract_inputs.manifest_shard_digest(
+        DATA["manifest"], wildcards.shard, config["extract"]["n_shards"]
+    )
 
 
 def report_files(wildcards):
@@ -211,13 +213,22 @@ def eval_checkpoints(wildcards):
 
 
 def align_model_options(wildcards):
-    """The align section's ALTA options as shell-quoted JSON: the MRM baseline is built with them."""
-    return shlex.quote(
-        json.dumps(config["align"].get("model_options") or {}, sort_keys=True)
+    """The align section's ALTA options, preset and overrides as evaluate's flags: the MRM baseline is built as the
+    aligned model's architecture (a released MRM.pth records no preset)."""
+    options = json.dumps(config["align"].get("model_options") or {}, sort_keys=True)
+    overrides = json.dumps(config["align"].get("model_overrides") or {}, sort_keys=True)
+    return (
+        f"--mrm-options {shlex.quote(options)} --mrm-preset {config['align']['preset']}"
+        f" --mrm-overrides {shlex.quote(overrides)}"
     )
 
 
 def eval_model_args(wildcards, input):
-    trusted = {"mrm": config["mrm"].get("trust_weights"), "official": config["evaluate"].get("trust_official_alta")}
+    trusted = {
+        "mrm": config["mrm"].get("trust_weights"),
+        "official": config["evaluate"].get("trust_official_alta"),
+    }
     models = [f"--model {name}={input[name]}" for name in config["evaluate"]["models"]]
-    return " ".join(models + [f"--trust {name}" for name, yes in trusted.items() if yes])
+    return " ".join(
+        models + [f"--trust {name}" for name, yes in trusted.items() if yes]
+    )
