@@ -117,8 +117,9 @@ def write_outputs(out_dir: Path, result: dict) -> None:
                f"x {est['efficiency']:.2f} worker efficiency (measured 1 -> 2 workers) x {est['cores_per_shard']} "
                f"cores per `extract_shard` job (`profiles/slurm/config.yaml`) = {est['shard_images_per_s']:,.0f} "
                f"images/s per shard; {est['shards']} shards (p10-p19) at once: {est['total_images_per_s']:,.0f} "
-               f"images/s, **{est['hours']:.2f} h** of CPU-bound wall time ({est['shard_hours']:.2f} h per shard "
-               f"job). That rate reads {est['read_mb_per_s_per_shard']:,.0f} MB/s per shard "
+               f"images/s, **{est['hours']:.2f} h ({est['hours'] * 60:.0f} min)** of CPU-bound wall time "
+               f"({est['shard_hours'] * 60:.0f} min per shard job; the worker efficiency was measured on this "
+               f"shared machine, so it may be low). That rate reads {est['read_mb_per_s_per_shard']:,.0f} MB/s per shard "
                f"({est['read_mb_per_s_total']:,.0f} MB/s in all): where the filesystem delivers less, reading "
                f"sets the time (hours = 377,110 x 15 MB / bandwidth).", ""]
     if result["errors"]:
