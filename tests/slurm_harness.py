@@ -16,7 +16,8 @@ Contract:
   not root, binaries missing, or daemons not up within the timeout. Tests turn that into ``pytest.skip``.
 * ``stop()`` ends only the processes this module started (by pid), politely first.
 
-The node is CPU-only (no GRES): training stages run their torchrun workers as CPU processes with gloo.
+The node is CPU-only (no GRES): training stages run their torchrun workers, or srun tasks, as CPU processes with
+gloo.
 """
 
 from __future__ import annotations
