@@ -95,8 +95,8 @@ def read(path: str | Path, need_reports: bool = False, required: tuple[str, ...]
     path = Path(path)
     df = _load(path)
     bad = _column_problems(path, list(df.columns), need_reports, required)
-    if bad:
-        raise ManifestError("\n".join(bad))
+    if bad:  # one line: the first problem names the file, the others follow it
+        raise ManifestError("; ".join([bad[0]] + [b.split(": ", 1)[1] for b in bad[1:]]))
     for col in df.columns:
         if col != "report_text":  # a report's own layout (leading newline before a header) is part of its parse
             df[col] = df[col].astype(str).str.strip()
