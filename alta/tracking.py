@@ -65,6 +65,68 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _git(*args: str) -> str | None:
+    """Output of a git command in the source tree, or None outside a checkout / without git."""
+    try:
+        root = Path(__file__).resolve().parent.parent
+        r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+        return r.stdout if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def split_credentials(uri: str) -> tuple[str, str | None, str | None]:
+    """``(uri without user:password@, user, password)`` for an http(s) tracking URI."""
+    from urllib.parse import unquote, urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if parts.scheme not in ("http", "https") or "@" not in parts.netloc:
+        return uri, None, None
+    host = parts.netloc.rsplit("@", 1)[1]
+    return (urlunsplit(parts._replace(netloc=host)), unquote(parts.username or "") or None,
+            unquote(parts.password or "") or None)
+
+
+def redact_uri(uri: str | None) -> str | None:
+    """The URI with any ``user:password@`` replaced by ``***@`` (for logs, params and artifacts)."""
+    if not uri:
+        return uri
+    clean, user, password = split_credentials(uri)
+    if user is None and password is None:
+        return uri
+    scheme, rest = clean.split("://", 1)
+    return f"{scheme}://***@{rest}"
+
+
+def provenance_files(cfg: dict) -> dict[str, str]:
+    """Artifacts of a workflow's parent run: the resolved config (tracking URI redacted), the git commit and
+    status, the uncommitted diff (when there is one), and the installed package versions."""
+    import copy
+    from importlib import metadata
+
+    import yaml
+
+    resolved = copy.deepcopy(dict(cfg))
+    if isinstance(resolved.get("mlflow"), dict):
+        resolved["mlflow"]["tracking_uri"] = redact_uri(resolved["mlflow"].get("tracking_uri"))
+    files = {"provenance/config.yaml": yaml.safe_dump(json.loads(json.dumps(resolved, default=str)),
+                                                      sort_keys=False)}
+    commit = _git("rev-parse", "HEAD")
+    if commit is None:
+        files["provenance/git.txt"] = "commit: unknown (not a git checkout)\n"
+    else:
+        status = _git("status", "--porcelain") or ""
+        files["provenance/git.txt"] = (f"commit: {commit.strip()}\nuncommitted changes: "
+                                       f"{'yes' if status.strip() else 'no'}\n\n{status}")
+        diff = _git("diff", "HEAD", "--no-color", "--no-ext-diff") or ""
+        if diff.strip():
+            files["provenance/uncommitted.diff"] = diff
+    pkgs = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]},
+                  key=str.lower)
+    files["provenance/packages.txt"] = "\n".join(pkgs) + "\n"
+    return files
+
+
 def _server_rejected(exc: Exception) -> bool:
     """True when the server answered and refused a record (HTTP 4xx / invalid value), not when it is unreachable."""
     code = getattr(exc, "error_code", "") or ""
@@ -88,13 +150,21 @@ def _resolve_uri(uri: str, base: Path | None = None) -> str:
 
 
 def start_parent(context_file: str | os.PathLike, tracking_uri: str, experiment: str, run_name: str,
-                 params: dict | None = None, tags: dict | None = None) -> dict:
+                 params: dict | None = None, tags: dict | None = None, artifacts: dict[str, str] | None = None) -> dict:
     """Create the experiment (if absent) and a parent run; write the context file atomically; return the context.
 
+    ``artifacts`` maps artifact paths to texts logged on the parent run (:func:`provenance_files`). Credentials in
+    an http(s) URI (``user:password@``) are moved to ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD``
+    of this process, which jobs inherit, so the context file, logs and records never hold them.
     On any tracking error the context is written with ``parent_run_id: null`` and a warning is logged, so the
     workflow still runs and stages log locally.
     """
-    uri = _resolve_uri(tracking_uri)
+    clean, user, password = split_credentials(tracking_uri)
+    if user is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_USERNAME", user)
+    if password is not None:
+        os.environ.setdefault("MLFLOW_TRACKING_PASSWORD", password)
+    uri = _resolve_uri(clean)
     ctx: dict[str, Any] = {"tracking_uri": uri, "experiment_id": None, "parent_run_id": None, "experiment": experiment}
     try:
         client = _client(uri)
@@ -105,6 +175,8 @@ def start_parent(context_file: str | os.PathLike, tracking_uri: str, experiment:
         ctx.update(experiment_id=exp_id, parent_run_id=run.info.run_id)
         if params:
             _log_params(client, run.info.run_id, params)
+        for path, text in (artifacts or {}).items():
+            client.log_text(run.info.run_id, text, path)
     except Exception as exc:  # noqa: BLE001 - an outage must not stop the workflow
         log.warning("MLflow tracking unavailable at %s (%s); stages will log locally to tracking.jsonl", uri, exc)
     io.write_json(context_file, ctx)
@@ -183,7 +255,7 @@ class StageRun:
             self._client, self.run_id = client, run.info.run_id
         except Exception as exc:  # noqa: BLE001
             log.warning("MLflow tracking unavailable at %s (%s); logging locally to %s; replay it later with "
-                        "`alta tracking-sync %s`", uri, exc, self.local_file, self.local_file)
+                        "`alta tracking-sync %s`", redact_uri(uri), exc, self.local_file, self.local_file)
             self._warned = True
 
     # -- public API -------------------------------------------------------------------------------------------

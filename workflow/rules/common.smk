@@ -32,6 +32,7 @@ def start_tracking(cfg):
         cfg["mlflow"]["experiment"],
         run_name="snakemake " + " ".join(sys.argv[1:])[:200],
         params={k: cfg[k] for k in cfg if k != "mlflow"},
+        artifacts=tracking.provenance_files(cfg),
     )
 
 
