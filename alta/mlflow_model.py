@@ -244,10 +244,26 @@ def local_model_dir(uri: str, tracking_uri: str | None = None, dst: str | os.Pat
         raise ValueError(f"{uri}: set --tracking-uri or MLFLOW_TRACKING_URI to resolve it")
     dest = str(dst) if dst is not None else tempfile.mkdtemp(prefix="alta-model-")
     resolved = tracking._resolve_uri(uri_env)
-    import mlflow
-
-    mlflow.set_registry_uri(resolved)  # models:/ resolves through the registry (the tracking URI by default)
+    if uri.startswith("models:/"):
+        uri = _model_version_source(uri, resolved)
     return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=dest, tracking_uri=resolved))
+
+
+def _model_version_source(uri: str, registry_uri: str) -> str:
+    """The artifact URI of ``models:/NAME/VERSION`` or ``models:/NAME@ALIAS``, asked of the given registry
+    (not MLflow's process-wide registry URI)."""
+    from mlflow.tracking import MlflowClient
+
+    ref = uri[len("models:/"):].strip("/")
+    client = MlflowClient(tracking_uri=registry_uri, registry_uri=registry_uri)
+    if "@" in ref:
+        name, alias = ref.rsplit("@", 1)
+        version = client.get_model_version_by_alias(name, alias).version
+    else:
+        name, _, version = ref.rpartition("/")
+        if not name or not version.isdigit():
+            raise ValueError(f"{uri}: expected models:/NAME/VERSION or models:/NAME@ALIAS")
+    return client.get_model_version_download_uri(name, version)
 
 
 def model_files(model_dir: str | os.PathLike) -> tuple[Path, Path]:

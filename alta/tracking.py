@@ -65,10 +65,10 @@ def git_commit() -> str:
         return "unknown"
 
 
-def _git(*args: str) -> str | None:
-    """Output of a git command in the source tree, or None outside a checkout / without git."""
+def _git(*args: str, root: str | os.PathLike | None = None) -> str | None:
+    """Output of a git command in ``root`` (default: the source tree), or None outside a checkout / without git."""
     try:
-        root = Path(__file__).resolve().parent.parent
+        root = root or Path(__file__).resolve().parent.parent
         r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
         return r.stdout if r.returncode == 0 else None
     except (OSError, subprocess.SubprocessError):
@@ -98,9 +98,10 @@ def redact_uri(uri: str | None) -> str | None:
     return f"{scheme}://***@{rest}"
 
 
-def provenance_files(cfg: dict) -> dict[str, str]:
+def provenance_files(cfg: dict, root: str | os.PathLike | None = None) -> dict[str, str]:
     """Artifacts of a workflow's parent run: the resolved config (tracking URI redacted), the git commit and
-    status, the uncommitted diff (when there is one), and the installed package versions."""
+    status of ``root`` (default: the source tree the code runs from), the uncommitted diff (when there is one),
+    and the installed package versions."""
     import copy
     from importlib import metadata
 
@@ -111,14 +112,14 @@ def provenance_files(cfg: dict) -> dict[str, str]:
         resolved["mlflow"]["tracking_uri"] = redact_uri(resolved["mlflow"].get("tracking_uri"))
     files = {"provenance/config.yaml": yaml.safe_dump(json.loads(json.dumps(resolved, default=str)),
                                                       sort_keys=False)}
-    commit = _git("rev-parse", "HEAD")
+    commit = _git("rev-parse", "HEAD", root=root)
     if commit is None:
         files["provenance/git.txt"] = "commit: unknown (not a git checkout)\n"
     else:
-        status = _git("status", "--porcelain") or ""
+        status = _git("status", "--porcelain", root=root) or ""
         files["provenance/git.txt"] = (f"commit: {commit.strip()}\nuncommitted changes: "
                                        f"{'yes' if status.strip() else 'no'}\n\n{status}")
-        diff = _git("diff", "HEAD", "--no-color", "--no-ext-diff") or ""
+        diff = _git("diff", "HEAD", "--no-color", "--no-ext-diff", root=root) or ""
         if diff.strip():
             files["provenance/uncommitted.diff"] = diff
     pkgs = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]},

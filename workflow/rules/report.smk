@@ -66,5 +66,7 @@ rule report_tables:
     params:
         py=PY,
         outdir=lambda w, output: str(Path(output.coverage).parent),
+        results=lambda w, input: str(Path(input.stats).parents[1]),
+        logs="logs",
     shell:
-        "{params.py} -m alta.workflow_report --results {RES} --logs logs --out {params.outdir} > {log} 2>&1"
+        "{params.py} -m alta.workflow_report --results {params.results} --logs {params.logs} --out {params.outdir} > {log} 2>&1"
