@@ -26,6 +26,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 log = logging.getLogger("alta.mlflow_model")
 
@@ -121,7 +122,7 @@ class AltaEmbedModel(_base()):
     def load_context(self, context):
         self.embedder = load_embedder(context.artifacts["weights"], context.artifacts["tokenizer"])
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params: dict | None = None) -> np.ndarray:
         from alta.embed import TEXT
 
         params = params or {}
