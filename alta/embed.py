@@ -70,6 +70,9 @@ def _embedder(ap: argparse.ArgumentParser, args) -> Embedder:
     if args.model:
         from alta import mlflow_model
 
+        if args.kind != "align" or args.tokenizer:
+            ap.error("--model holds an aligned model and its tokenizer: drop --kind and --tokenizer")
+
         import tempfile
 
         with tempfile.TemporaryDirectory(prefix="alta-model-") as tmp:  # everything is in memory once loaded

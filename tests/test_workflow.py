@@ -138,7 +138,9 @@ def test_parent_provenance_and_effective_model_options(demo_workflow, mlflow_uri
 
 
 def _report_object(html: str, name: str):
-    start = html.index(f"var {name} = ") + len(f"var {name} = ")
+    """A JSON object the report's page script assigns (``var results = {...};``; bundled libraries declare
+    variables of the same names earlier, so the last assignment of an object literal is the data)."""
+    start = html.rindex(f"var {name} = {{") + len(f"var {name} = ")
     return json.JSONDecoder().raw_decode(html[start:])[0]
 
 
