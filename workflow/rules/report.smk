@@ -3,6 +3,10 @@
 # `snakemake --report report.html` (categories are numbered in the order a reader browses them).
 
 
+localrules:
+    report_tables,
+
+
 rule register_model:
     input:
         ckpt=rules.align.output.ckpt,
