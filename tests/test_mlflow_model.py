@@ -84,7 +84,8 @@ def test_saved_model_is_code_based_and_embeds_like_the_checkpoint(checkpoint, tm
         loaded.predict(pd.DataFrame({"image": [None], "text": [None]}))
 
 
-def test_registry_version_resolves_in_alta_embed_and_zeroshot(checkpoint, tmp_path, capsys):
+def test_registry_version_resolves_in_alta_embed_and_zeroshot(checkpoint, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts in ./mlruns
     root, images = checkpoint
     uri = f"sqlite:///{tmp_path}/registry.db"
     version = register_via_stage(root, tmp_path, uri, "alta-unit")

@@ -69,7 +69,8 @@ def test_failed_stage_marks_run_failed(tmp_path, ctx_file):
     assert tracking._client(ctx["tracking_uri"]).get_run(run.run_id).info.status == "FAILED"
 
 
-def test_parent_run_carries_provenance(tmp_path, ctx_file):
+def test_parent_run_carries_provenance(tmp_path, ctx_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts in ./mlruns
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     secret = uuid.uuid4().hex  # made up now: not even an uncommitted diff of this file can hold it
     cfg = {"seed": 0, "align": {"preset": "tiny"},
