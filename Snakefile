@@ -2,6 +2,7 @@
 #
 #   snakemake --cores 2 all              the embedded demo (config.yaml), on a laptop
 #   snakemake --profile slurm all        a Slurm GPU cluster (profiles/slurm)
+#   snakemake --report report.html       after a run: its tables, plots, curves and benchmarks in one file
 #
 # This file is wiring only: rules live in workflow/rules/*.smk and every rule calls an `alta` module.
 
@@ -12,6 +13,9 @@ from alta import config as alta_config
 
 
 configfile: "config.yaml"
+
+
+report: "workflow/report/workflow.rst"
 
 
 # One-line errors naming the key, before anything runs (alta/config.py); then each training section becomes the
@@ -30,11 +34,14 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"
 include: "workflow/rules/train.smk"
 include: "workflow/rules/evaluate.smk"
+include: "workflow/rules/report.smk"
 
 
 rule all:
     input:
         rules.evaluate.output.report,
+        rules.register_model.output.record,
+        rules.report_tables.output,
 
 
 rule data:

@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "mrm": ("alta.mrm", "masked record modeling pretraining"),
     "align": ("alta.align", "ALTA adapter alignment"),
     "evaluate": ("alta.evaluate.run", "benchmark evaluation"),
+    "register_model": ("alta.register", "log the align checkpoint as an MLflow model and register a version"),
+    "report_tables": ("alta.workflow_report", "the data and benchmark tables of the Snakemake report"),
     "embed": ("alta.embed", "embed new images or texts with a trained or imported checkpoint"),
     "zeroshot": ("alta.embed", "zero-shot scores for images against text prompts"),
     "probe": ("alta.probe", "what frozen features know: [CLS] diversity and linear-probe AUROC per checkpoint"),

@@ -1,21 +1,27 @@
 """``alta embed`` and ``alta zeroshot``: apply a trained or imported model to new images and texts.
 
-``alta embed --checkpoint CKPT --tokenizer DIR [--kind align|mrm|official] [--images F ...] [--texts T ...]
---out embeddings.parquet``
+``alta embed (--checkpoint CKPT --tokenizer DIR [--kind align|mrm|official] | --model URI) [--images F ...]
+[--texts T ...] --out embeddings.parquet``
     Writes one row per input: ``kind`` (image/text), ``source`` (the file path or the text), ``embedding``
     (list<float32>, L2-normalised, method.md §2.10). Images may be DICOM (rendered with ``--render``, default
     ``mimic_jpg`` as in training), PNG or JPEG.
 
-``alta zeroshot --checkpoint CKPT --tokenizer DIR --images F ... --class NAME="prompt one|prompt two" ...
+``alta zeroshot (--checkpoint CKPT --tokenizer DIR | --model URI) --images F ... --class NAME="prompt one|prompt two" ...
 [--out scores.csv]``
     For each image, the cosine similarity to every class embedding (mean of the class prompts' unnormalised
     projections, then normalised: the reference rule) and the softmax over classes at temperature 1. Prints the
     table; writes it as CSV with ``--out``.
+
+``--model`` takes an MLflow model instead of a checkpoint: ``models:/NAME/VERSION`` from the Model Registry (the
+workflow's ``register_model`` stage registers one per align checkpoint; ``--tracking-uri`` or
+``MLFLOW_TRACKING_URI`` names the store), ``runs:/RUN_ID/model`` or a local model folder. Its weights are read
+with ``torch.load(weights_only=True)`` and embed exactly as the checkpoint they were exported from.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 
 import numpy as np
@@ -46,15 +52,42 @@ def read_grey(path: str, mode: str) -> np.ndarray:
 
 
 def _common(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--checkpoint", required=True, help="checkpoint file (ours, MRM.pth or ALTA.pth)")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--checkpoint", help="checkpoint file (ours, MRM.pth or ALTA.pth)")
+    src.add_argument("--model", help="an MLflow model: models:/NAME/VERSION, runs:/RUN_ID/model or a local model "
+                                     "folder (alta register_model); replaces --checkpoint/--kind/--tokenizer")
+    ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"),
+                    help="MLflow tracking/registry URI for --model models:/... (default: $MLFLOW_TRACKING_URI)")
     ap.add_argument("--kind", default="align", choices=["align", "mrm", "official"],
                     help="checkpoint kind (default: align, our ALTA checkpoint)")
-    ap.add_argument("--tokenizer", required=True, help="tokenizer directory (saved beside our checkpoints)")
+    ap.add_argument("--tokenizer", help="tokenizer directory (saved beside our checkpoints); with --checkpoint")
     ap.add_argument("--render", default="mimic_jpg", choices=["mimic_jpg", "voi", "reference_rsna"],
                     help="DICOM rendering (default mimic_jpg, as in training)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--trust-checkpoint", action="store_true",
                     help="load --checkpoint with full unpickling (only a file you trust; default: weights only)")
+
+
+def _embedder(ap: argparse.ArgumentParser, args) -> Embedder:
+    if args.model:
+        from alta import mlflow_model
+
+        if args.kind != "align" or args.tokenizer:
+            ap.error("--model holds an aligned model and its tokenizer: drop --kind and --tokenizer")
+
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="alta-model-") as tmp:  # everything is in memory once loaded
+            try:
+                local = mlflow_model.local_model_dir(args.model, args.tracking_uri, dst=tmp)
+                weights, tok = mlflow_model.model_files(local)
+            except Exception as exc:  # noqa: BLE001 - registry errors (unknown name/version) as one line
+                ap.exit(2, f"alta: --model {args.model}: {str(exc).splitlines()[0]}\n")
+            return mlflow_model.load_embedder(weights, tok, batch_size=args.batch_size)
+    if not args.tokenizer:
+        ap.error("--checkpoint needs --tokenizer")
+    return Embedder.from_checkpoint(args.kind, args.checkpoint, args.tokenizer, batch_size=args.batch_size,
+                                    trust=args.trust_checkpoint)
 
 
 def embed(argv: list[str]) -> int:
@@ -67,8 +100,7 @@ def embed(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if not args.images and not args.texts:
         ap.error("give --images and/or --texts")
-    emb = Embedder.from_checkpoint(args.kind, args.checkpoint, args.tokenizer, batch_size=args.batch_size,
-                                   trust=args.trust_checkpoint)
+    emb = _embedder(ap, args)
     rows = []
     if args.images:
         v = emb.images(read_grey(p, args.render) for p in args.images)
@@ -93,8 +125,7 @@ def zeroshot(argv: list[str]) -> int:
     classes = dict(c.split("=", 1) for c in args.classes)
     if len(classes) < 2:
         ap.error("zero-shot needs at least two --class entries")
-    emb = Embedder.from_checkpoint(args.kind, args.checkpoint, args.tokenizer, batch_size=args.batch_size,
-                                   trust=args.trust_checkpoint)
+    emb = _embedder(ap, args)
     v = emb.images(read_grey(p, args.render) for p in args.images)
     proj = {name: emb.texts([s.strip() for s in prompts.split("|") if s.strip()], TEXT, normalize=False)
             for name, prompts in classes.items()}

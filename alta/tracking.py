@@ -75,6 +75,46 @@ def git_commit() -> str:
         return "unknown"
 
 
+def _git(*args: str, root: str | os.PathLike | None = None) -> str | None:
+    """Output of a git command in ``root`` (default: the source tree), or None outside a checkout / without git."""
+    try:
+        root = root or Path(__file__).resolve().parent.parent
+        r = subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=20)
+        return r.stdout if r.returncode == 0 else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance_files(cfg: dict, root: str | os.PathLike | None = None) -> dict[str, str]:
+    """Artifacts of a workflow's parent run: the resolved config (tracking URI redacted), the git commit and
+    status of ``root`` (default: the source tree the code runs from), the uncommitted diff (when there is one),
+    and the installed package versions."""
+    import copy
+    from importlib import metadata
+
+    import yaml
+
+    resolved = copy.deepcopy(dict(cfg))
+    if isinstance(resolved.get("mlflow"), dict):
+        resolved["mlflow"]["tracking_uri"] = safe_uri(resolved["mlflow"].get("tracking_uri"))
+    files = {"provenance/config.yaml": yaml.safe_dump(json.loads(json.dumps(resolved, default=str)),
+                                                      sort_keys=False)}
+    commit = _git("rev-parse", "HEAD", root=root)
+    if commit is None:
+        files["provenance/git.txt"] = "commit: unknown (not a git checkout)\n"
+    else:
+        status = _git("status", "--porcelain", root=root) or ""
+        files["provenance/git.txt"] = (f"commit: {commit.strip()}\nuncommitted changes: "
+                                       f"{'yes' if status.strip() else 'no'}\n\n{status}")
+        diff = _git("diff", "HEAD", "--no-color", "--no-ext-diff", root=root) or ""
+        if diff.strip():
+            files["provenance/uncommitted.diff"] = diff
+    pkgs = sorted({f"{d.metadata['Name']}=={d.version}" for d in metadata.distributions() if d.metadata["Name"]},
+                  key=str.lower)
+    files["provenance/packages.txt"] = "\n".join(pkgs) + "\n"
+    return files
+
+
 def _server_rejected(exc: Exception) -> bool:
     """True when the server answered and refused a record (HTTP 4xx / invalid value), not when it is unreachable."""
     code = getattr(exc, "error_code", "") or ""
@@ -200,9 +240,10 @@ def _resolve_uri(uri: str, base: Path | None = None) -> str:
 
 def start_parent(context_file: str | os.PathLike, tracking_uri: str, experiment: str, run_name: str,
                  params: dict | None = None, tags: dict | None = None,
-                 credentials_file: str | os.PathLike | None = None) -> dict:
+                 credentials_file: str | os.PathLike | None = None, artifacts: dict[str, str] | None = None) -> dict:
     """Create the experiment (if absent) and a parent run; write the context file atomically; return the context.
 
+    ``artifacts`` maps artifact paths to texts logged on the parent run (:func:`provenance_files`).
     On any tracking error the context is written with ``parent_run_id: null`` and a warning is logged, so the
     workflow still runs and stages log locally. A URI with credentials in it or an unusable ``credentials_file``
     raises :class:`CredentialsError` (a configuration error, not an outage). The context keeps the file's path.
@@ -223,6 +264,8 @@ def start_parent(context_file: str | os.PathLike, tracking_uri: str, experiment:
         ctx.update(experiment_id=exp_id, parent_run_id=run.info.run_id)
         if params:
             _log_params(client, run.info.run_id, params)
+        for path, text in (artifacts or {}).items():
+            client.log_text(run.info.run_id, text, path)
     except Exception as exc:  # noqa: BLE001 - an outage must not stop the workflow
         log.warning("MLflow tracking unavailable at %s (%s); stages will log locally to tracking.jsonl",
                     safe_uri(uri), exc)

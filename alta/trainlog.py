@@ -150,6 +150,20 @@ def save_tokenizer(tok, dest: Path) -> None:
         tok.save_pretrained(str(tmp))
 
 
+def effective_model_settings(model) -> dict:
+    """The model's resolved preset geometry (``cfg``) and ALTA options after mode defaults and overrides: what the
+    run trained with, not only what the config named."""
+    import dataclasses
+
+    model = getattr(model, "module", model)
+    out = {}
+    for name in ("options", "cfg"):
+        value = getattr(model, name, None)
+        if dataclasses.is_dataclass(value):
+            out["model_options" if name == "options" else "model_config"] = dataclasses.asdict(value)
+    return out
+
+
 def run_stage(stage: str, config: dict, out_dir: Path, build_task) -> int:
     """Shared stage driver: distributed init, tracking on rank 0, the engine, exit codes.
 
@@ -181,6 +195,11 @@ def run_stage(stage: str, config: dict, out_dir: Path, build_task) -> int:
                 run.set_tags({"alta.recipe": recipe["name"], "alta.recipe_differences": recipe["tag"]})
                 if task.meta.get("inputs"):
                     run.log_params(task.meta["inputs"])
+                effective = effective_model_settings(task.model)
+                if effective:
+                    run.log_params({"effective": effective})
+                    io.write_json(Path(out_dir) / "effective_model.json", effective)
+                    run.log_artifact(Path(out_dir) / "effective_model.json")
             summary = T.fit(task, cfg, config, out_dir, info, run)
             if run is not None:
                 io.write_json(Path(out_dir) / "train_summary.json", summary)

@@ -54,9 +54,11 @@ PROFILE = REPO / "profiles" / "slurm"
 TARGET = "all"
 # rule -> the `alta.stage` tag of its MLflow child run (demo_data and tokenizer open none)
 STAGE_OF_RULE = {"extract_shard": "extract", "extract_merge": "extract", "sections": "sections", "pair": "pair",
-                 "text_pretrain": "text_pretrain", "mrm": "mrm", "align": "align", "evaluate": "evaluate"}
+                 "text_pretrain": "text_pretrain", "mrm": "mrm", "align": "align", "evaluate": "evaluate",
+                 "register_model": "register_model"}
+# report_tables is a local rule (a few CSV files from the results): it runs beside Snakemake, not as a job
 RULES = ["demo_data", "extract_shard", "extract_merge", "sections", "pair", "tokenizer", "text_pretrain", "mrm", "align",
-         "evaluate"]
+         "evaluate", "register_model"]
 # two CPU training processes (gloo), one thread each on the 2-core node. align gets no periodic checkpoint before
 # its last step, so a last.pt it resumes from can only come from the SIGTERM handler; 16 steps leave room to land
 # the signal mid-training.

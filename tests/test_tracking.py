@@ -2,6 +2,8 @@
 
 import json
 import logging
+import os
+import uuid
 
 import pytest
 
@@ -65,3 +67,43 @@ def test_failed_stage_marks_run_failed(tmp_path, ctx_file):
         with tracking.stage_run("pair", {}, tmp_path / "pair") as run:
             raise RuntimeError("boom")
     assert tracking._client(ctx["tracking_uri"]).get_run(run.run_id).info.status == "FAILED"
+
+
+def test_parent_run_carries_provenance(tmp_path, ctx_file, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a sqlite store keeps artifacts in ./mlruns
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    secret = uuid.uuid4().hex  # made up now: not even an uncommitted diff of this file can hold it
+    cfg = {"seed": 0, "align": {"preset": "tiny"},
+           "mlflow": {"tracking_uri": f"https://alice:{secret}@mlflow.example.org/", "experiment": "e"}}
+    files = tracking.provenance_files(cfg)
+    assert secret not in "".join(files.values()) and "alice" not in files["provenance/config.yaml"]
+    assert "https://***@mlflow.example.org/" in files["provenance/config.yaml"]
+    head = tracking._git("rev-parse", "HEAD")
+    if head is not None:  # a git checkout: the commit, and the diff when the tree has uncommitted changes
+        assert head.strip() in files["provenance/git.txt"]
+        dirty = bool((tracking._git("status", "--porcelain") or "").strip())
+        assert ("uncommitted changes: yes" in files["provenance/git.txt"]) == dirty
+        tracked_change = bool((tracking._git("diff", "HEAD") or "").strip())
+        assert ("provenance/uncommitted.diff" in files) == tracked_change
+    import mlflow
+
+    assert f"mlflow=={mlflow.__version__}" in files["provenance/packages.txt"].splitlines()
+    outside = tracking.provenance_files(cfg, root=tmp_path)  # not a git checkout
+    assert "not a git checkout" in outside["provenance/git.txt"] and "provenance/uncommitted.diff" not in outside
+
+    ctx = tracking.start_parent(ctx_file, uri, "exp", "run", artifacts=files)
+    client = tracking._client(ctx["tracking_uri"])
+    logged = {a.path for a in client.list_artifacts(ctx["parent_run_id"], "provenance")}
+    assert {f"provenance/{n}" for n in ("config.yaml", "git.txt", "packages.txt")} <= logged
+    local = client.download_artifacts(ctx["parent_run_id"], "provenance/config.yaml", str(tmp_path))
+    assert open(local).read() == files["provenance/config.yaml"]
+
+
+def test_uri_credentials_are_refused_and_never_repeated(tmp_path, ctx_file):
+    assert tracking.safe_uri("sqlite:///a.db") == "sqlite:///a.db"
+    assert tracking.safe_uri("http://bob:s3cret@127.0.0.1:9/x") == "http://***@127.0.0.1:9/x"
+    with pytest.raises(tracking.CredentialsError) as err:
+        tracking.start_parent(ctx_file, "http://bob:s3cret@127.0.0.1:9", "exp", "run")
+    assert "s3cret" not in str(err.value) and "bob" not in str(err.value) and not ctx_file.exists()
+    files = tracking.provenance_files({"mlflow": {"tracking_uri": "http://bob:s3cret@h:5000"}})
+    assert "s3cret" not in files["provenance/config.yaml"] and "***@h:5000" in files["provenance/config.yaml"]

@@ -1,4 +1,5 @@
-"""The Snakefile end to end on the demo: outputs, counts, MLflow nesting, privacy, idempotent reruns."""
+"""The Snakefile end to end on the demo: outputs, counts, MLflow nesting and the registered model, privacy,
+idempotent reruns, the Snakemake report."""
 
 from __future__ import annotations
 
@@ -101,13 +102,89 @@ def test_second_run_has_nothing_to_do(demo_workflow):
     assert planned_jobs(work, "all") == {}
 
 
+def test_registered_model_reproduces_the_checkpoint(demo_workflow, mlflow_uri, tmp_path):
+    from alta import embed
+
+    work, _ = demo_workflow
+    res = work / "results"
+    rec = json.loads((res / "register" / "registered_model.json").read_text())
+    client = tracking._client(mlflow_uri)
+    mv = client.get_model_version(rec["name"], str(rec["version"]))
+    assert rec["uri"] == f"models:/{rec['name']}/{rec['version']}" and mv.run_id == rec["run_id"]
+    run = client.get_run(rec["run_id"])
+    assert run.data.tags["alta.stage"] == "register_model" and run.info.status == "FINISHED"
+    dicoms = sorted((res / "demo_data" / "files").rglob("*.dcm"))[:3]
+    args = ["--images", *map(str, dicoms), "--texts", "Small left effusion.", "No acute process."]
+    assert embed.main(["embed", "--model", rec["uri"], "--tracking-uri", mlflow_uri, *args,
+                       "--out", str(tmp_path / "model.parquet")]) == 0
+    assert embed.main(["embed", "--checkpoint", str(res / "align" / "checkpoint.pt"), "--tokenizer",
+                       str(res / "align" / "tokenizer"), *args, "--out", str(tmp_path / "ckpt.parquet")]) == 0
+    a, b = (pd.read_parquet(tmp_path / f"{n}.parquet") for n in ("model", "ckpt"))
+    assert len(a) == 5 and (a["embedding"].map(list) == b["embedding"].map(list)).all()
+
+
+def test_parent_provenance_and_effective_model_options(demo_workflow, mlflow_uri):
+    work, _ = demo_workflow
+    client = tracking._client(mlflow_uri)
+    exp = client.get_experiment_by_name(f"test-{work.name}")
+    runs = client.search_runs([exp.experiment_id], max_results=500)
+    parent = next(r for r in runs if r.data.tags.get("alta.kind") == "workflow")
+    names = {a.path for a in client.list_artifacts(parent.info.run_id, "provenance")}
+    assert {"provenance/config.yaml", "provenance/git.txt", "provenance/packages.txt"} <= names
+    align = next(r for r in runs if r.data.tags.get("alta.stage") == "align")
+    params = align.data.params
+    assert params["effective.model_options.image_pooling"] == "patch_mean"  # config.yaml's align.model_options
+    assert params["effective.model_config.img_size"] and "effective.model_options.inference_view_loss" in params
+
+
+def _report_object(html: str, name: str):
+    """A JSON object the report's page script assigns (``var results = {...};``; bundled libraries declare
+    variables of the same names earlier, so the last assignment of an object literal is the data)."""
+    start = html.rindex(f"var {name} = {{") + len(f"var {name} = ")
+    return json.JSONDecoder().raw_decode(html[start:])[0]
+
+
+def test_snakemake_report_holds_tables_plots_curves_and_benchmarks(demo_workflow):
+    import base64
+
+    work, _ = demo_workflow
+    snakemake(work, "--report", str(work / "report.html"))
+    html = (work / "report.html").read_text()
+    categories, results = _report_object(html, "categories"), _report_object(html, "results")
+    assert sorted(categories) == ["1. Data", "2. Training", "3. Evaluation", "4. Stage benchmarks"]
+    assert set(categories["1. Data"]) == {"Pairing coverage", "Rejects by reason"}
+    assert set(categories["2. Training"]) == {"text_pretrain", "mrm", "align"}
+    assert set(categories["3. Evaluation"]) == {"Tables", "Plots"}
+    plots = {Path(p).name for p in categories["3. Evaluation"]["Plots"]}
+    assert {"rsna_roc.png", "chexpert5x200_i2t.png"} <= plots
+    assert len(plots) == len(list((work / "results" / "evaluate" / "plots").glob("*.png")))
+
+    def content(rel: str) -> bytes:
+        return base64.b64decode(results[rel]["data_uri"].split("base64,", 1)[1])
+
+    res = work / "results"
+    for rel in ["results/report/pairing_coverage.csv", "results/report/rejects_by_reason.csv",
+                "results/report/stage_benchmarks.csv", "results/evaluate/comparison.csv"]:
+        assert content(rel) == (work / rel).read_bytes(), rel
+    for stage in ("text_pretrain", "mrm", "align"):
+        assert content(f"results/{stage}/loss_curve.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    rejects = pd.read_csv(res / "report" / "rejects_by_reason.csv")
+    dropped = pd.read_parquet(res / "pair" / "dropped.parquet")
+    assert rejects.loc[rejects["stage"] == "pair", "count"].sum() == len(dropped)
+    coverage = pd.read_csv(res / "report" / "pairing_coverage.csv").set_index("measure")["value"]
+    assert coverage["rows"] == len(pd.read_parquet(res / "pair" / "pairs.parquet"))
+    bench = pd.read_csv(res / "report" / "stage_benchmarks.csv")
+    assert {"demo_data", "extract", "pair", "mrm", "align", "evaluate", "register"} <= set(bench["rule"])
+    assert (bench["wall_s"] > 0).all()
+
+
 def test_changed_evaluate_config_reruns_only_evaluate(demo_workflow):
     work, _ = demo_workflow
     cfg = (work / "config.yaml").read_text().replace("batch_size: 64", "batch_size: 32")
     alt = work / "config_eval.yaml"
     alt.write_text(cfg)
     jobs = planned_jobs(work, "all", "--configfile", str(alt))
-    assert jobs == {"evaluate": 1}
+    assert jobs == {"evaluate": 1, "report_tables": 1}  # the report's tables follow the evaluation
 
 
 def test_changed_report_reruns_text_side_only(demo_workflow):

@@ -40,6 +40,7 @@ def start_tracking(cfg):
         run_name="snakemake " + " ".join(sys.argv[1:])[:200],
         params={k: cfg[k] for k in cfg if k != "mlflow"},
         credentials_file=cfg["mlflow"].get("credentials_file"),
+        artifacts=tracking.provenance_files(cfg),
     )
 
 

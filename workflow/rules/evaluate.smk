@@ -10,8 +10,25 @@ rule evaluate:
         tokenizer=tokenizer_input,
         text=text_dir_input,
     output:
-        report=f"{RES}/evaluate/report.md",
-        table=f"{RES}/evaluate/comparison.csv",
+        report=report(
+            f"{RES}/evaluate/report.md",
+            caption="../report/evaluation.rst",
+            category="3. Evaluation",
+            subcategory="Tables",
+        ),
+        table=report(
+            f"{RES}/evaluate/comparison.csv",
+            caption="../report/evaluation.rst",
+            category="3. Evaluation",
+            subcategory="Tables",
+        ),
+        plots=report(
+            directory(f"{RES}/evaluate/plots"),
+            patterns=["{name}.png"],
+            caption="../report/evaluation.rst",
+            category="3. Evaluation",
+            subcategory="Plots",
+        ),
     log:
         "logs/evaluate/evaluate.log",
     benchmark:

@@ -33,6 +33,12 @@ rule text_pretrain:
     output:
         config=f"{RES}/text_pretrain/model/config.json",
         ckpt=f"{RES}/text_pretrain/checkpoint.pt",
+        curve=report(
+            f"{RES}/text_pretrain/loss_curve.png",
+            caption="../report/curves.rst",
+            category="2. Training",
+            subcategory="text_pretrain",
+        ),
     log:
         "logs/text_pretrain/text_pretrain.log",
     benchmark:
@@ -61,6 +67,12 @@ rule mrm:
         tokenizer=tokenizer_input,
     output:
         ckpt=f"{RES}/mrm/checkpoint.pt",
+        curve=report(
+            f"{RES}/mrm/loss_curve.png",
+            caption="../report/curves.rst",
+            category="2. Training",
+            subcategory="mrm",
+        ),
     log:
         "logs/mrm/mrm.log",
     benchmark:
@@ -97,6 +109,12 @@ rule align:
     output:
         ckpt=f"{RES}/align/checkpoint.pt",
         best=f"{RES}/align/best.pt",
+        curve=report(
+            f"{RES}/align/loss_curve.png",
+            caption="../report/curves.rst",
+            category="2. Training",
+            subcategory="align",
+        ),
     log:
         "logs/align/align.log",
     benchmark:

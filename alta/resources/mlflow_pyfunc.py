@@ -1,0 +1,6 @@
+# The code of the alta MLflow model (models-from-code: nothing is pickled). See alta/mlflow_model.py.
+import mlflow.models
+
+from alta.mlflow_model import AltaEmbedModel
+
+mlflow.models.set_model(AltaEmbedModel())
