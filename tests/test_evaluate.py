@@ -79,10 +79,12 @@ def test_evaluate_cli_scores_models_and_reports_skips(trained, tmp_path):
     assert rc == 0
     for model in ("mrm", "align"):
         res = json.loads((out / "metrics" / model / "heldout.json").read_text())
-        assert 0 <= res["i2t_R@1"] <= res["i2t_R@5"] <= 1 and res["pool_size"] == res["n_studies"] > 0
+        n = res["pool_size"]
+        assert 0 <= res[f"i2t_R@1_of_{n}"] <= res[f"i2t_R@5_of_{n}"] <= 1 and n == res["n_studies"] > 0
+        assert "i2t_R@1" not in res  # R@K is only quoted with its pool size
         assert res["model"]["kind"] == model and res["protocol"]["ties"] == "pessimistic"
     table = pd.read_csv(out / "comparison.csv")
-    assert table["model"].tolist() == ["mrm", "align"] and "heldout.i2t_R@5" in table.columns
+    assert table["model"].tolist() == ["mrm", "align"] and f"heldout.i2t_R@5_of_{n}" in table.columns
     report = (out / "report.md").read_text()
     assert "files not found" in report and "config keys not set" in report  # 5x200 and RSNA skipped, with reasons
     assert (out / "plots" / "retrieval_examples_align.png").stat().st_size > 0
@@ -142,3 +144,69 @@ def test_embed_and_zeroshot_cli(trained, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="missing.png"):
         embed.main(["embed", "--checkpoint", ck, "--tokenizer", tok, "--images", str(tmp_path / "missing.png"),
                     "--out", str(out)])
+
+
+def test_seeds_spread_and_multilabel_auroc_through_the_cli(trained, tmp_path, monkeypatch, mlflow_uri):
+    """Two align seeds are scored one by one and as mean ± sd (JSON, report, comparison, MLflow); the multi-label
+    protocol reads a generic list with blanks and reports a one-class finding as undefined."""
+    from alta import align, tracking
+    from alta.evaluate import run
+
+    root, pairs, images, extract = trained
+    small = {"batch_size": 4, "num_workers": 0, "log_every": 2, "warmup_epochs": 1, "schedule_epochs": 4,
+             "max_epochs": 2, "blr": 1e-2, "max_steps": 3, "val_max_rows": 4}
+    common = ["--pairs", str(pairs), "--images", str(images), "--extract-dir", str(extract),
+              "--tokenizer", str(root / "tok")]
+    assert align.main([*common, "--out", str(tmp_path / "align1"), "--mrm-weights",
+                       str(root / "mrm" / "checkpoint.pt"), "--seed", "1", "--config-json", json.dumps(small)]) == 0
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.jpg")
+        rows.append({"path": f"{i}.jpg", "Edema": i % 2, "Fracture": 0, "Pneumothorax": "" if i < 4 else int(i % 3 == 0)})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    cfg = {"heldout_split": "validate", "batch_size": 8, "multilabel_list": str(tmp_path / "labels.csv"),
+           "multilabel_root": str(tmp_path / "img")}
+    monkeypatch.chdir(tmp_path)  # the sqlite store's default artifact root
+    ctx = tmp_path / "context.json"
+    tracking.start_parent(ctx, mlflow_uri, f"seeds-{tmp_path.name}", "seeds test", params={})
+    monkeypatch.setenv(tracking.CONTEXT_ENV, str(ctx))
+    out = tmp_path / "evaluate"
+    rc = run.main(["--model", f"mrm={root / 'mrm' / 'checkpoint.pt'}",
+                   "--model", f"align@0={root / 'align' / 'checkpoint.pt'}",
+                   "--model", f"align@1={tmp_path / 'align1' / 'checkpoint.pt'}", "--pairs", str(pairs), "--images",
+                   str(images), "--extract-dir", str(extract), "--tokenizer", str(root / "align" / "tokenizer"),
+                   "--out", str(out), "--config-json", json.dumps(cfg)])
+    tracking.end_parent(ctx, "FINISHED")
+    assert rc == 0
+    ml = json.loads((out / "metrics" / "align_seed0" / "multilabel.json").read_text())
+    assert ml["auroc/Fracture"] is None and "0 positive" in ml["auroc_undefined"]["Fracture"]
+    assert ml["counts"]["Pneumothorax"] == {"pos": 2, "neg": 6, "unlabelled": 4} and ml["n_findings_defined"] == 2
+    assert ml["auroc_macro"] == pytest.approx((ml["auroc/Edema"] + ml["auroc/Pneumothorax"]) / 2)
+    assert ml["protocol"]["prompts"]["Edema"] == ["There is edema", "There is no edema"]
+    per = [json.loads((out / "metrics" / f"align_seed{s}" / "heldout.json").read_text()) for s in (0, 1)]
+    assert per[0]["model"]["seed"] == 0 and per[1]["model"]["seed"] == 1
+    key = f"i2t_MedR_of_{per[0]['pool_size']}"
+    spread = json.loads((out / "spread.json").read_text())["align"]
+    assert spread["seeds"] == [0, 1] and spread["labels"] == {"0": "align_seed0", "1": "align_seed1"}
+    st = spread["benchmarks"]["heldout"][key]
+    a, b = per[0][key], per[1][key]
+    assert st["per_seed"] == {"0": a, "1": b} and st["mean"] == pytest.approx((a + b) / 2)
+    assert st["sd"] == pytest.approx(abs(a - b) / np.sqrt(2))
+    table = pd.read_csv(out / "comparison.csv")
+    assert table["model"].tolist() == ["mrm", "align_seed0", "align_seed1", "align (mean)", "align (sd)"]
+    assert table.loc[3, "multilabel.auroc_macro"] == pytest.approx(
+        spread["benchmarks"]["multilabel"]["auroc_macro"]["mean"])
+    report = (out / "report.md").read_text()
+    assert "**align** mean ± sd (2 seeds)" in report and "| Fracture | 0 / 12 | undefined |" in report
+    client = tracking._client(mlflow_uri)
+    exp = client.get_experiment_by_name(f"seeds-{tmp_path.name}")
+    runs = client.search_runs([exp.experiment_id], max_results=50)
+    seeded = [r for r in runs if r.data.tags.get("alta.seed")]
+    assert sorted(r.data.tags["alta.model"] for r in seeded) == ["align_seed0", "align_seed1"]
+    (summary,) = [r for r in runs if r.data.tags.get("alta.seeds") == "0,1"]
+    m = summary.data.metrics
+    name = f"heldout.{key}"
+    assert m[f"{name}.mean"] == pytest.approx(st["mean"]) and m[f"{name}.sd"] == pytest.approx(st["sd"])
+    assert m[f"{name}.seed0"] == pytest.approx(a) and m[f"{name}.seed1"] == pytest.approx(b)
