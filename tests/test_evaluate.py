@@ -164,7 +164,8 @@ def test_seeds_spread_and_multilabel_auroc_through_the_cli(trained, tmp_path, mo
     rows = []
     for i in range(12):
         Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.jpg")
-        rows.append({"path": f"{i}.jpg", "Edema": i % 2, "Fracture": 0, "Pneumothorax": "" if i < 4 else int(i % 3 == 0)})
+        ptx = "" if i < 4 else int(i % 3 == 0)  # blank: not labelled for pneumothorax
+        rows.append({"path": f"{i}.jpg", "Edema": i % 2, "Fracture": 0, "Pneumothorax": ptx})
     pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
     cfg = {"heldout_split": "validate", "batch_size": 8, "multilabel_list": str(tmp_path / "labels.csv"),
            "multilabel_root": str(tmp_path / "img")}

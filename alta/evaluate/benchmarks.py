@@ -15,6 +15,8 @@ Schemas (all identifiers are strings):
   image queries ``row, path, rel_path, label, class_name, patient_id``; text queries ``row, text, label, class_name``.
 * ``read_rsna_list`` -> ``line`` (1-based), ``path``, ``rel_path``, ``label`` (1 = pneumonia), ``patient_id``
   (file stem).
+* ``read_labelled_list`` -> ``row``, ``path``, ``rel_path`` and one float column per finding (1.0 / 0.0 / NaN =
+  unlabelled) from a generic CSV, ChestX-ray14's ``Data_Entry_2017.csv`` or a CheXpert labels CSV.
 """
 
 from __future__ import annotations

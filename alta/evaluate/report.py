@@ -226,8 +226,9 @@ def markdown_report(results: dict[str, dict], table: pd.DataFrame, plots: list[P
     lines = ["# alta evaluation", ""]
     if spread:
         for kind, rec in spread.items():
-            lines.append(f"- {kind}: {len(rec['seeds'])} seeds {rec['seeds']} (rows {', '.join(rec['labels'].values())}"
-                         "); mean ± sample sd over seeds (spread.json)")
+            rows = ", ".join(rec["labels"].values())
+            lines.append(f"- {kind}: {len(rec['seeds'])} seeds {rec['seeds']} (rows {rows}); "
+                         "mean ± sample sd over seeds (spread.json)")
         lines.append("")
     for bench, keys in headline.items():
         cols = [c for c in table.columns if c.startswith(bench + ".")]

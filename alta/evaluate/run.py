@@ -3,6 +3,7 @@
 Inputs
     ``--model NAME=CHECKPOINT`` (repeatable): ``mrm`` (an MRM checkpoint, evaluated as the ALTA model it
     initialises, i.e. before alignment), ``align`` (our ALTA checkpoint) or ``official`` (an official ``ALTA.pth``);
+    ``--model NAME@SEED=CHECKPOINT`` gives one seed of a model trained with several (``align.seeds``);
     ``--pairs``/``--images``/``--extract-dir`` for the held-out retrieval; ``--tokenizer``; ``--config-json`` (the
     ``evaluate`` config section: benchmark file paths, RSNA rendering and prompts, prompt aggregation, batch size).
 Outputs (under ``--out``)
@@ -10,6 +11,8 @@ Outputs (under ``--out``)
     aggregation, counts, checkpoint hash, ``contamination_risk``); ``comparison.csv`` and ``report.md`` (one row per
     model, one column per headline metric); ``plots/*.png`` (P@K bars, ROC curves, confusion matrices, a retrieval
     example grid). Each model is one MLflow child run (tag ``alta.model``) so the UI compares models side by side.
+    With seeds: ``metrics/<model>_seed<N>/`` per seed, ``spread.json`` (every metric's mean, sample sd and per-seed
+    values), mean ± sd rows in ``report.md`` / ``comparison.csv``, and a child run ``evaluate:<model> (seeds)``.
 
 A benchmark runs when the config names its files; a missing benchmark is reported as skipped, never silently.
 Embeddings follow the inference path of method.md §2.10 (eval mode, fp32, no masking, current+frontal embeddings).
@@ -42,7 +45,7 @@ HEADLINE = {
     "rsna": ["auroc", "acc@0.5", "f1@0.5", "acc@val", "f1@val", "acc_cv10", "f1_cv10"],
     # held-out keys carry the pool size, e.g. i2t_R@1_of_73 (headline_keys fills it in from the results)
     "heldout": ["i2t_R@1", "i2t_R@5", "i2t_R@10", "t2i_R@1", "t2i_R@5", "t2i_R@10"],
-    "multilabel": ["auroc_macro", "n_findings_defined"],
+    "multilabel": ["auroc_macro"],
 }
 BENCHMARKS = ("chexpert5x200", "chexpert8x200", "rsna", "multilabel", "heldout")
 
