@@ -211,3 +211,27 @@ def test_seeds_spread_and_multilabel_auroc_through_the_cli(trained, tmp_path, mo
     name = f"heldout.{key}"
     assert m[f"{name}.mean"] == pytest.approx(st["mean"]) and m[f"{name}.sd"] == pytest.approx(st["sd"])
     assert m[f"{name}.seed0"] == pytest.approx(a) and m[f"{name}.seed1"] == pytest.approx(b)
+
+
+def test_file_embeddings_are_computed_once_per_path(tmp_path):
+    """Benchmarks sharing images (the demo's multi-label list and the ConVIRT candidates) embed each file once, and
+    the cached rows are the embeddings a fresh pass computes."""
+    corpus = ["there is no pneumothorax", "heart size is normal", "small left pleural effusion"]
+    train_tokenizer(corpus, tmp_path / "tok", vocab_size=100)
+    tok = load_tokenizer(tmp_path / "tok")
+    torch.manual_seed(0)
+    model = build_alta("tiny", tokenizer=tok, vocab_size=len(tok), special_ids=special_ids(tok))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)).save(paths[-1])
+    emb = Embedder(model, tok)
+    first = emb.images_from_files(paths[:2])
+    fresh = Embedder(model, tok).images_from_files(paths)
+    Path(paths[1]).unlink()  # a second read of this file would now fail
+    again = emb.images_from_files([paths[2], paths[1], paths[0], paths[1]])
+    assert np.array_equal(again[[2, 1]], first) and np.array_equal(again[3], first[1])
+    assert np.allclose(again[0], fresh[2], atol=1e-6) and np.allclose(first, fresh[:2], atol=1e-6)
+    with pytest.raises(ValueError, match="unreadable benchmark image"):
+        Embedder(model, tok).images_from_files([paths[1]])
