@@ -14,13 +14,16 @@ from alta import config as alta_config
 configfile: "config.yaml"
 
 
-# One-line errors naming the key, before anything runs (alta/config.py).
+# One-line errors naming the key, before anything runs (alta/config.py); then each training section becomes the
+# settings its stage runs with (alta/recipes.py), so the rules' params carry them and a recipe change reruns the
+# training stages.
 try:
     alta_config.validate(config, source="config")
     alta_config.check_paths(config)
 except alta_config.ConfigError as _err:
     sys.stderr.write(f"{_err}\n")
     sys.exit(1)
+alta_config.resolve_recipe(config)
 
 
 include: "workflow/rules/common.smk"

@@ -27,21 +27,14 @@ import torch.nn.functional as F
 
 from alta import augment as A
 from alta import data as altadata
+from alta import recipes
 from alta.evaluate import metrics as M
 from alta.tokenizer import load_tokenizer, special_ids
-from alta.trainlog import call_with_supported, model_sizes, save_tokenizer, stage_main, stage_parser
+from alta.trainlog import call_with_supported, model_sizes, save_tokenizer, stage_main, stage_parser, weight_files
 
 log = logging.getLogger("alta.align")
 
-DEFAULTS: dict = {
-    "preset": "tiny", "mode": "recommended", "model_overrides": {}, "model_options": {},
-    "batch_size": 96, "accum_steps": 1, "blr": 1.5e-4, "weight_decay": 0.05,
-    "warmup_epochs": 10, "schedule_epochs": 100, "max_epochs": 30, "max_steps": None,
-    "ckpt_every": 0, "save_every_epochs": 5, "eval_every_epochs": 1, "log_every": 10, "seed": 0,
-    "precision": "auto", "num_workers": 2, "batch_unique_study": True, "find_unused_parameters": False,
-    "max_length": 128, "lateral_sampling": "first", "shuffle_sentences": True, "augment": True,
-    "val_max_rows": 1000, "mean": A.ALTA_MEAN, "std": A.ALTA_STD,
-}
+DEFAULTS: dict = {**recipes.defaults("align"), "recipe": "published"}  # method.md §2.9; alta/recipes.py
 
 
 def retrieval_validator(pairs, images, extract_dir, collate, img_size: int, mean: float, std: float,
@@ -87,9 +80,11 @@ def build_task(args, cfg: dict, info):
     if args.mrm_weights not in (None, "none"):
         from alta.models.checkpoints import extract_state_dict
 
+        from alta.models.checkpoints import read_checkpoint
+
         if not Path(args.mrm_weights).is_file():
             raise FileNotFoundError(f"--mrm-weights {args.mrm_weights}: no such file")
-        mrm_sd = extract_state_dict(torch.load(args.mrm_weights, map_location="cpu", weights_only=False))
+        mrm_sd = extract_state_dict(read_checkpoint(args.mrm_weights, trust=args.trust_checkpoint))
     model = call_with_supported(build_alta, preset=cfg["preset"], mode=cfg["mode"], text_dir=text_dir, tokenizer=tok,
                                 vocab_size=len(tok), special_ids=special_ids(tok), mrm_checkpoint=mrm_sd,
                                 overrides=cfg["model_overrides"] or None, options=cfg["model_options"] or None)
@@ -113,22 +108,38 @@ def build_task(args, cfg: dict, info):
     validate = retrieval_validator(pairs, images, args.extract_dir, altadata.Collator(tok, cfg["max_length"]), S,
                                    cfg["mean"], cfg["std"], device, cfg["val_max_rows"])
     return Task(model=model, dataset=ds, groups=ds.study, collate=collate, forward=forward,
-                param_groups=lambda m: param_groups(m, weight_decay=cfg["weight_decay"], mode=cfg["mode"]),
+                param_groups=lambda m: param_groups(m, weight_decay=cfg["weight_decay"]),
                 generator=gen, after_step=lambda m: m.clamp_logit_scales(), validate=validate,
                 meta={"preset": cfg["preset"], "mode": cfg["mode"], "tokenizer_dir": "tokenizer",
-                      "stage": "align"})
+                      "stage": "align", "inputs": weight_files(mrm_weights=args.mrm_weights, text_dir=text_dir)})
 
 
 def parser() -> argparse.ArgumentParser:
     p = stage_parser("align", __doc__)
     p.add_argument("--mrm-weights", default="none", help="MRM checkpoint to initialise the encoder/decoder, or none")
     p.add_argument("--text-dir", default="none", help="local CXR-BERT directory, or none (preset-sized random BERT)")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="load --mrm-weights with full unpickling (only for a file you trust; default: weights only)")
     return p
+
+
+def text_encoder_kind(text_dir: str | None) -> str:
+    """``cxr_bert`` (a user's CXR-BERT directory), ``stand_in`` (exported by alta text_pretrain) or ``random``."""
+    if text_dir in (None, "none"):
+        return "random"
+    cfg = Path(text_dir) / "config.json"
+    try:
+        import json
+
+        return "stand_in" if json.loads(cfg.read_text()).get("alta_stand_in") else "cxr_bert"
+    except (OSError, ValueError):
+        return "cxr_bert"
 
 
 def main(argv: list[str] | None = None) -> int:
     return stage_main("align", DEFAULTS, parser(), argv, build_task,
-                      lambda a: {"mrm_weights": str(a.mrm_weights), "text_dir": str(a.text_dir)})
+                      lambda a: {"mrm_weights": str(a.mrm_weights), "text_dir": str(a.text_dir),
+                                 "text_encoder": text_encoder_kind(a.text_dir)})
 
 
 if __name__ == "__main__":

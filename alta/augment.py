@@ -24,8 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-ALTA_MEAN, ALTA_STD = 0.4785, 0.2834
-MRM_MEAN, MRM_STD = 0.4978, 0.2449
+from alta.recipes import ALTA_MEAN, ALTA_STD, MRM_MEAN, MRM_STD  # noqa: F401  (one definition, method.md §1.2, §2.9)
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:

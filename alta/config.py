@@ -4,16 +4,26 @@ The workflow's ``config.yaml`` is validated against ``workflow/schemas/config.sc
 before any rule runs. Errors are one line each and name the offending key by its dotted path, e.g.::
 
     config.yaml: extract.workers: 'two' is not of type 'integer'
-    config.yaml: mrm.epoch: unknown key (allowed: accum_iter, batch_size, blr, ...)
+    config.yaml: mrm.epoch: unknown key (did you mean mrm.epochs? allowed: accum_steps, batch_size, blr, ...)
+    config.yaml: align.model_options.image_poolng: unknown key (did you mean image_pooling? ...)
 
-:func:`check_paths` then names every configured input path that does not exist, also before any work starts.
+Nested option sections (``model_options``: ``AltaOptions`` fields; ``model_overrides``: preset fields) are checked
+key by key and their values by building the options and geometry each training stage will run with
+(:func:`alta.recipes.effective_section`). :func:`check_paths` then names every configured input path that does not
+exist and every column problem of a configured manifest (:mod:`alta.manifest`), also before any work starts.
+:func:`resolve_recipe` (called by the Snakefile after validation) replaces each training section by the settings its
+stage runs with, so the rules' params carry them.
 
-CLI: ``alta config [config.yaml] [--check-paths]`` validates a file and prints ``OK`` or the errors.
+CLI: ``alta config [config.yaml] [--check-paths] [--effective]`` validates a file and prints ``OK`` or the errors;
+``--effective`` prints the recipe and every training stage's settings instead.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import difflib
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -37,13 +47,21 @@ def _key_path(err: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in err.absolute_path) or "<top level>"
 
 
+def _unknown(prefix: str, key: str, allowed) -> str:
+    """``prefix.key: unknown key (did you mean prefix.near? allowed: ...)``."""
+    allowed = sorted(allowed)
+    name = f"{prefix}.{key}" if prefix else key
+    near = difflib.get_close_matches(key, allowed, 1, 0.6)
+    hint = f"did you mean {prefix + '.' if prefix else ''}{near[0]}? " if near else ""
+    return f"{name}: unknown key ({hint}allowed: {', '.join(allowed)})"
+
+
 def _describe(err: jsonschema.ValidationError) -> str:
     if err.validator == "additionalProperties":
         allowed = sorted(err.schema.get("properties", {}))
         extra = sorted(set(err.instance) - set(allowed))
         prefix = _key_path(err)
-        keys = ", ".join(f"{prefix}.{k}" if prefix != "<top level>" else k for k in extra)
-        return f"{keys}: unknown key (allowed: {', '.join(allowed)})"
+        return "; ".join(_unknown("" if prefix == "<top level>" else prefix, k, allowed) for k in extra)
     if err.validator == "required":
         return f"{_key_path(err)}: {err.message}"
     return f"{_key_path(err)}: {err.message}"
@@ -54,8 +72,64 @@ def validate(cfg: dict, source: str = "config", schema: dict | None = None) -> N
     schema = schema or load_schema()
     validator = jsonschema.Draft7Validator(schema)
     errors = sorted(validator.iter_errors(cfg), key=lambda e: (list(map(str, e.absolute_path)), e.message))
-    if errors:
-        raise ConfigError("\n".join(f"{source}: {_describe(e)}" for e in errors))
+    lines = [_describe(e) for e in errors]
+    lines += _option_key_errors(cfg)
+    if not lines:
+        lines = _option_value_errors(cfg)
+    if lines:
+        raise ConfigError("\n".join(f"{source}: {line}" for line in lines))
+
+
+# sections whose nested option dicts are checked: (stage, key) -> the dataclass that defines their keys
+_NESTED = {("mrm", "model_options"): "AltaOptions", ("align", "model_options"): "AltaOptions",
+           ("mrm", "model_overrides"): "ModelConfig", ("align", "model_overrides"): "ModelConfig",
+           ("text_pretrain", "model_overrides"): "ModelConfig"}
+
+
+def _option_key_errors(cfg: dict) -> list[str]:
+    """Unknown keys of the nested option sections (``_NESTED``), each with the nearest valid name."""
+    from alta.models import presets  # plain dataclasses: no torch
+
+    fields = {name: [f.name for f in dataclasses.fields(getattr(presets, name)) if f.name != "mode"]
+              for name in ("AltaOptions", "ModelConfig")}
+    out = []
+    for (stage, key), cls in _NESTED.items():
+        section = cfg.get(stage)
+        options = section.get(key) if isinstance(section, dict) else None
+        for k in sorted(options) if isinstance(options, dict) else []:
+            if k not in fields[cls]:
+                out.append(_unknown(f"{stage}.{key}", k, fields[cls]))
+    return out
+
+
+def _option_value_errors(cfg: dict) -> list[str]:
+    """Invalid option values, found by building the options and geometry each training stage will run with."""
+    from alta import recipes
+    from alta.models import presets
+
+    out = []
+    for stage in ("mrm", "align"):
+        eff = recipes.effective_section(cfg, stage)
+        for key, build in (("model_options", lambda: presets.resolve_options(eff["mode"], eff["model_options"])),
+                           ("model_overrides", lambda: presets.resolve_config(eff["preset"], eff["model_overrides"]))):
+            try:
+                build()
+            except (ValueError, TypeError) as exc:
+                first, _, rest = str(exc).partition(" ")
+                named = first in (eff[key] or {})  # the dataclasses' messages start with the field's name
+                out.append(f"{stage}.{key}.{first}: {rest}" if named else f"{stage}.{key}: {exc}")
+    return out
+
+
+def resolve_recipe(cfg: dict) -> dict:
+    """In place: ``cfg['recipe']`` becomes ``published`` | ``demo`` and each training section the complete settings
+    its stage runs with (alta/recipes.py); the section's workflow keys stay as they are."""
+    from alta import recipes
+
+    for stage in recipes.STAGES:
+        cfg[stage] = recipes.effective_section(cfg, stage)
+    cfg["recipe"] = recipes.resolve_name(cfg)
+    return cfg
 
 
 def load(path: str | Path) -> dict:
@@ -118,6 +192,11 @@ def check_paths(cfg: dict, base: Path | None = None) -> None:
                if not (base / p).exists()]
     if "official" in cfg["evaluate"].get("models", []) and not cfg["evaluate"].get("official_alta"):
         missing.append("config: evaluate.models: 'official' needs evaluate.official_alta (path to ALTA.pth)")
+    manifest = cfg["data"].get("manifest")
+    if cfg["data"]["source"] == "manifest" and manifest and (base / manifest).exists():
+        from alta import manifest as M
+
+        missing += [f"config: data.manifest: {line}" for line in M.problems(base / manifest, need_reports=True)]
     if missing:
         raise ConfigError("\n".join(missing))
 
@@ -126,6 +205,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="alta config", description="Validate an alta config file against the schema.")
     ap.add_argument("config", nargs="?", default="config.yaml", help="config file (default: config.yaml)")
     ap.add_argument("--check-paths", action="store_true", help="also check that configured input paths exist")
+    ap.add_argument("--effective", action="store_true",
+                    help="print the recipe and the settings every training stage runs with, as JSON")
     args = ap.parse_args(argv)
     try:
         cfg = load(args.config)
@@ -134,6 +215,16 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(exc, file=sys.stderr)
         return 1
+    if args.effective:
+        from alta import recipes
+
+        resolve_recipe(cfg)
+        out = {"recipe": cfg["recipe"]}
+        for stage in recipes.STAGES:
+            out[stage] = cfg[stage]
+            out[f"{stage}_differs_from_published"] = recipes.differences(stage, cfg[stage])
+        print(json.dumps(out, indent=2, sort_keys=True))
+        return 0
     print("OK")
     return 0
 

@@ -53,6 +53,8 @@ def _common(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--render", default="mimic_jpg", choices=["mimic_jpg", "voi", "reference_rsna"],
                     help="DICOM rendering (default mimic_jpg, as in training)")
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--trust-checkpoint", action="store_true",
+                    help="load --checkpoint with full unpickling (only a file you trust; default: weights only)")
 
 
 def embed(argv: list[str]) -> int:
@@ -65,7 +67,8 @@ def embed(argv: list[str]) -> int:
     args = ap.parse_args(argv)
     if not args.images and not args.texts:
         ap.error("give --images and/or --texts")
-    emb = Embedder.from_checkpoint(args.kind, args.checkpoint, args.tokenizer, batch_size=args.batch_size)
+    emb = Embedder.from_checkpoint(args.kind, args.checkpoint, args.tokenizer, batch_size=args.batch_size,
+                                   trust=args.trust_checkpoint)
     rows = []
     if args.images:
         v = emb.images(read_grey(p, args.render) for p in args.images)
@@ -90,7 +93,8 @@ def zeroshot(argv: list[str]) -> int:
     classes = dict(c.split("=", 1) for c in args.classes)
     if len(classes) < 2:
         ap.error("zero-shot needs at least two --class entries")
-    emb = Embedder.from_checkpoint(args.kind, args.checkpoint, args.tokenizer, batch_size=args.batch_size)
+    emb = Embedder.from_checkpoint(args.kind, args.checkpoint, args.tokenizer, batch_size=args.batch_size,
+                                   trust=args.trust_checkpoint)
     v = emb.images(read_grey(p, args.render) for p in args.images)
     proj = {name: emb.texts([s.strip() for s in prompts.split("|") if s.strip()], TEXT, normalize=False)
             for name, prompts in classes.items()}

@@ -7,8 +7,8 @@ Sources (``--source``):
   (``mimic-cxr-2.0.0-metadata.csv(.gz)``) fills header fields that are blank in a DICOM.
 * ``mimic_jpg``: the MIMIC-CXR-JPG tree (same layout, ``<dicom_id>.jpg``); header fields come from the metadata CSV
   (``--metadata``, else ``ROOT/mimic-cxr-2.0.0-metadata.csv.gz`` or ``.csv``), read with ``dtype=str``.
-* ``manifest``: a CSV with the columns :data:`MANIFEST_REQUIRED` (+ optional ``report_path``, ``report_text``,
-  ``split``, used by later stages). ``path`` is relative to the manifest's folder unless absolute; the file may be
+* ``manifest``: the generic manifest CSV (:mod:`alta.manifest`: one contract and reader for every stage).
+  ``path`` is relative to the manifest's folder unless absolute; the file may be
   a DICOM (``.dcm``/``.dcm.gz``/``.dicom`` or the ``DICM`` magic) or a JPEG/PNG. The shard is
   ``m%02d % (crc32(subject_id) mod n_shards)``. Non-blank manifest ``view_position``/``study_date``/``study_time``
   take precedence over DICOM header values. Duplicate ``image_id`` rows after the first (manifest order) are
@@ -28,7 +28,6 @@ from pathlib import Path
 import pandas as pd
 
 SOURCES = ("mimic", "mimic_jpg", "manifest")
-MANIFEST_REQUIRED = ("subject_id", "study_id", "image_id", "path", "view_position", "study_date", "study_time")
 MANIFEST_TO_HEADER = {"view_position": "ViewPosition", "study_date": "StudyDate", "study_time": "StudyTime"}
 METADATA_NAMES = ("mimic-cxr-2.0.0-metadata.csv.gz", "mimic-cxr-2.0.0-metadata.csv")
 METADATA_FIELDS = ("PerformedProcedureStepDescription", "ViewPosition", "StudyDate", "StudyTime",
@@ -89,18 +88,14 @@ def _read_csv(path: Path, what: str) -> pd.DataFrame:
 
 
 def read_manifest(manifest: str | Path) -> pd.DataFrame:
-    """The manifest as strings (blank -> ''); raise :class:`InputError` naming the file and a missing column."""
-    manifest = Path(manifest)
-    if not manifest.is_file():
-        raise InputError(f"{manifest}: manifest not found")
-    df = _read_csv(manifest, "manifest")
-    df.columns = [str(c).strip() for c in df.columns]
-    for col in MANIFEST_REQUIRED:
-        if col not in df.columns:
-            raise InputError(f"{manifest}: missing required column '{col}'")
-    for col in df.columns:
-        df[col] = df[col].astype(str).str.strip()
-    return df
+    """The manifest as strings (blank -> ''), :func:`alta.manifest.read`; :class:`InputError` names the file and
+    the problem."""
+    from alta import manifest as M
+
+    try:
+        return M.read(manifest)
+    except M.ManifestError as exc:
+        raise InputError(str(exc)) from None
 
 
 def list_shards(source: str, root: str | Path, manifest: str | Path | None = None, n_shards: int = 10) -> list[str]:
@@ -241,3 +236,16 @@ def shard_files(source: str, root: str | Path, shard: str, manifest: str | Path 
     tasks = shard_tasks(source, root, shard, manifest=manifest, n_shards=n_shards) if source == "manifest" \
         else _mimic_tasks(source, Path(root), shard)
     return sorted({t.path for t in tasks if t.reject is None or t.reject[0] != "missing_file"})
+
+
+def manifest_shard_digest(manifest: str | Path, shard: str, n_shards: int = 10) -> str:
+    """sha256 of the image columns (``alta.manifest.IMAGE_COLUMNS``) of one shard's manifest rows, in manifest
+    order: the Snakemake param that reruns a shard when, and only when, what it extracts changes (an edited report
+    text reruns sections onward, not extraction)."""
+    import hashlib
+
+    from alta import manifest as M
+
+    df = read_manifest(manifest)
+    rows = df[[manifest_shard(s, n_shards) == shard for s in df["subject_id"]]]
+    return hashlib.sha256(rows[list(M.IMAGE_COLUMNS)].to_csv(index=False).encode()).hexdigest()

@@ -30,20 +30,13 @@ import torch
 from alta import augment as A
 from alta import data as altadata
 from alta import io
+from alta import recipes
 from alta.tokenizer import load_tokenizer
 from alta.trainlog import call_with_supported, model_sizes, save_tokenizer, stage_main, stage_parser
 
 log = logging.getLogger("alta.mrm")
 
-DEFAULTS: dict = {
-    "preset": "tiny", "mode": "recommended", "model_overrides": {}, "model_options": {},
-    "batch_size": 256, "accum_steps": 1, "blr": 1.5e-4, "weight_decay": 0.05,
-    "warmup_epochs": 40, "schedule_epochs": 200, "max_epochs": 200, "max_steps": None,
-    "ckpt_every": 0, "save_every_epochs": 0, "eval_every_epochs": 1, "log_every": 10, "seed": 0,
-    "precision": "auto", "num_workers": 2, "batch_unique_study": False, "find_unused_parameters": False,
-    "max_length": 100, "text_source": "findings_impression", "split": "train",
-    "mean": A.MRM_MEAN, "std": A.MRM_STD,
-}
+DEFAULTS: dict = {**recipes.defaults("mrm"), "recipe": "published"}  # method.md §1.5; alta/recipes.py
 
 
 def mrm_texts(pairs, text_source: str, sections_path: str | None) -> dict[str, str]:
@@ -87,7 +80,7 @@ def build_task(args, cfg: dict, info):
 
     return Task(model=model, dataset=ds, groups=ds.study, collate=altadata.Collator(tok, cfg["max_length"], True),
                 forward=forward, generator=gen,
-                param_groups=lambda m: param_groups(m, weight_decay=cfg["weight_decay"], mode=cfg["mode"]),
+                param_groups=lambda m: param_groups(m, weight_decay=cfg["weight_decay"]),
                 meta={"preset": cfg["preset"], "mode": cfg["mode"], "tokenizer_dir": "tokenizer", "stage": "mrm",
                       "dataset": ds.stats})
 

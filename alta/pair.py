@@ -33,10 +33,13 @@ import argparse
 import logging
 from pathlib import Path
 
+import pandas as pd
+
 from alta import io, tracking
 from alta.pair_core import PairOptions, PairResult, build_pairs
 from alta.pair_inputs import frames_from_manifest, frames_from_metadata
-from alta.pair_stats import DROPPED_SCHEMA, PAIRS_SCHEMA, compute_stats, flat_metrics, reference_csv
+from alta.pair_stats import (DROPPED_SCHEMA, PAIRS_SCHEMA, compute_stats, coverage_warnings, flat_metrics,
+                             reference_csv)
 from alta.pair_views import DEFAULT_VIEW_ALIASES, FRONTAL, LATERAL, SPLITS, read_split_csv, subject_split_map
 
 log = logging.getLogger("alta.pair")
@@ -94,9 +97,9 @@ def _parser() -> argparse.ArgumentParser:
     src.add_argument("--assume-reports", action="store_true",
                      help="with --metadata: treat every study as having a report (statistics only)")
     src.add_argument("--text-source", default="findings_impression",
-                     choices=("findings_impression", "impression", "full_report"),
-                     help="with --manifest: which report text trains (data.md §5; full_report for free-text notes "
-                          "without section headers)")
+                     choices=("findings_impression", "impression", "full_report", "auto"),
+                     help="with --manifest: which report text trains (data.md §5; auto or full_report for free-text "
+                          "notes without section headers)")
     src.add_argument("--split-csv", help="official mimic-cxr-2.0.0-split.csv(.gz) (subject_id, split)")
     p.add_argument("--out", required=True, help="output folder (pairs.parquet, dropped.parquet, pairs_stats.json, "
                                                 "train.csv)")
@@ -154,10 +157,13 @@ def _run(args) -> int:
                           view_aliases=_parse_aliases(args.view_alias, not args.no_default_aliases),
                           val_frac=args.val_frac, test_frac=args.test_frac, seed=args.seed)
 
-    split_map, where = None, "images"
+    split_map, where, duplicates = None, "images", None
     if args.manifest:
         images, sections, split_table = frames_from_manifest(args.manifest, args.text_source)
         where = f"manifest {args.manifest}"
+        # as extract does: the first row of an image_id wins, later ones are listed as dropped and the stage goes on
+        dup = images["image_id"].duplicated()
+        duplicates, images = images[dup], images[~dup].reset_index(drop=True)
         if split_table is not None and not args.split_csv:
             split_map = subject_split_map(split_table, where)
     elif args.metadata:
@@ -182,11 +188,19 @@ def _run(args) -> int:
               "text_source": args.text_source if args.manifest else None}
     with tracking.stage_run("pair", params, args.out) as run:
         result = build_pairs(images, sections, split_map, options, where=where, sections_where=sections_where)
-        stats = compute_stats(result, len(images), options)
+        if duplicates is not None and len(duplicates):
+            result.dropped = pd.concat([result.dropped, pd.DataFrame({
+                "image_id": duplicates["image_id"], "subject_id": duplicates["subject_id"],
+                "study_id": duplicates["study_id"], "reason": "duplicate_image_id",
+                "detail": "image_id already used by an earlier manifest row"})], ignore_index=True)
+        stats = compute_stats(result, len(images) + (0 if duplicates is None else len(duplicates)), options)
+        stats["warnings"] = coverage_warnings(stats)
         written = write_outputs(result, stats, args.out, export, args.csv_path_prefix, write_pairs)
         run.log_metrics(flat_metrics(stats))
         run.log_artifact(Path(args.out) / "pairs_stats.json")
     print(summary(stats))
+    for line in stats["warnings"]:
+        log.warning("pair: %s", line)
     log.info("wrote %s", ", ".join(str(p) for p in written))
     return 0
 

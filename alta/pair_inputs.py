@@ -21,7 +21,6 @@ import pandas as pd
 
 log = logging.getLogger("alta.pair")
 
-MANIFEST_REQUIRED = ("subject_id", "study_id", "image_id", "path", "view_position")
 METADATA_REQUIRED = ("dicom_id", "subject_id", "study_id", "ViewPosition", "StudyDate", "StudyTime")
 _WORD = re.compile(r"\w+")
 
@@ -81,8 +80,11 @@ def frames_from_manifest(path: str | Path, text_source: str = "findings_impressi
     ``report_path`` may be relative to the manifest's folder. A study whose rows carry different texts uses the
     one of its smallest image_id and logs the conflict.
     """
+    from alta import manifest as M
+
     path = Path(path)
-    m = _read_csv(path, "manifest", MANIFEST_REQUIRED)
+    m = M.read(path)
+    m = m.where(m != "")  # the one manifest reader; blank cells as missing values here
     images = pd.DataFrame({
         "image_id": m["image_id"].astype(str).str.strip(), "subject_id": m["subject_id"].astype(str).str.strip(),
         "study_id": m["study_id"].astype(str).str.strip(), "png_path": m["path"],

@@ -117,6 +117,35 @@ def compute_stats(result, n_images: int, options=None) -> dict:
     return stats
 
 
+# What keeps the images each drop reason loses (named in the warning of a stage that keeps few or no rows).
+KEEP_HINTS = {
+    "no_report_text": "sections.text_source: auto (the whole report where it has no FINDINGS/IMPRESSION; "
+                      "alta pair --text-source auto) or full_report; headerless free-text reports need one of them",
+    "not_in_split": "a split table (data.split_csv or the manifest's split column) that lists these subjects",
+    "blank_view": "a view_position column / ViewPosition header, or --view-alias for the site's view names",
+    "unknown_view": "--view-alias NAME=PA|AP|LATERAL|LL for the site's view names",
+    "excluded_view": "--view-alias for views that are frontal or lateral under another name",
+    "unparsable_time": "StudyDate (YYYYMMDD) and StudyTime (HHMMSS) in the expected formats",
+    "duplicate_image_id": "unique image_id values in the manifest",
+}
+
+
+def coverage_warnings(stats: dict, share: float = 0.5) -> list[str]:
+    """One line for a stage that keeps no rows, or loses ``share`` or more of its images to one reason, naming the
+    option that keeps them (``KEEP_HINTS``). Written into pairs_stats.json (``warnings``) and the log."""
+    n_in, rows = stats["counts"]["images_in"], stats["counts"]["rows"]
+    out = []
+    for reason, count in sorted(stats["dropped_by_reason"].items(), key=lambda kv: -kv[1]):
+        if reason == "lateral_view":  # laterals are never rows by design: they serve as cl / pl of a frontal
+            continue
+        if n_in and (count >= share * n_in or (rows == 0 and count)):
+            hint = KEEP_HINTS.get(reason.split(":", 1)[0])
+            out.append(f"{count} of {n_in} images dropped as {reason}" + (f"; to keep them: {hint}" if hint else ""))
+    if rows == 0 and not out:
+        out.append(f"no pair rows from {n_in} images")
+    return out
+
+
 def _view_lookup(studies) -> dict[str, str]:
     return {i: v for s in studies.values() for i, v in s.frontals}
 

@@ -227,15 +227,10 @@ def read_iu(root: str | os.PathLike) -> Iterator[Report | Reject]:
 
 # -- manifest ------------------------------------------------------------------------------------------------
 def load_manifest(manifest: str | os.PathLike) -> pd.DataFrame:
-    """Read a manifest CSV as strings; raise ValueError naming the file and the missing column."""
-    try:
-        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-        raise ValueError(f"{manifest}: cannot read the manifest CSV ({exc})") from exc
-    if "study_id" not in df.columns:
-        raise ValueError(f"{manifest}: required column 'study_id' is missing (columns: {', '.join(df.columns)})")
-    if "report_text" not in df.columns and "report_path" not in df.columns:
-        raise ValueError(f"{manifest}: needs a 'report_text' or a 'report_path' column for the sections stage")
+    """The manifest's report columns (:func:`alta.manifest.read`: the one contract); ValueError names the file."""
+    from alta import manifest as M
+
+    df = M.read(manifest, need_reports=True, required=("study_id",))
     if (df["study_id"].str.strip() == "").any():
         rows = (df.index[df["study_id"].str.strip() == ""] + 2).tolist()[:5]
         raise ValueError(f"{manifest}: column 'study_id' is empty on line(s) {rows}")

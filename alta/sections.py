@@ -57,7 +57,9 @@ log = logging.getLogger("alta.sections")
 
 HEADER = re.compile(r"\n ([A-Z ()/,-]+):\s")
 CONCLUSION_ORDER = ("impression", "findings", "last_paragraph", "comparison")
-TEXT_SOURCES = ("findings_impression", "impression", "full_report")
+# auto: findings_impression, and where a report gives none (headerless free text: PadChest, hospital exports), the
+# whole cleaned report; each study's text_source says which it got.
+TEXT_SOURCES = ("findings_impression", "impression", "full_report", "auto")
 
 # Exact-name table of MIT-LCP normalize_section_names (frequent_sections; MIT licence, MIT-LCP/mimic-cxr).
 FREQUENT_SECTIONS = {
@@ -232,6 +234,9 @@ def training_text(parsed: dict, full_text: str, source: str = "findings_impressi
         raise ValueError(f"unknown text source {source!r}; expected one of {', '.join(TEXT_SOURCES)}")
     if parsed["override"] != "none" and not parsed["impression"] and source != "full_report":
         return None, None, "empty", 0
+    if source == "auto":
+        found = training_text(parsed, full_text, "findings_impression", min_words)
+        return found if found[2] != "no_sections" else training_text(parsed, full_text, "full_report", min_words)
     if source == "full_report":
         cand, label = clean_text(full_text), "full_report"
     elif source == "impression":
@@ -370,6 +375,11 @@ def main(argv: list[str] | None = None) -> int:
         run.log_artifact(out / "sections_stats.json")
     log.info("sections: %d inputs -> %d studies (%d with text), %d rejected", stats["inputs"], stats["kept"],
              stats["text_status"].get("ok", 0), stats["rejected"])
+    no_sections = stats["text_status"].get("no_sections", 0)
+    if no_sections and no_sections >= 0.5 * max(stats["kept"], 1) and args.text_source != "full_report":
+        log.warning("sections: %d of %d studies have no FINDINGS/IMPRESSION text (headerless reports?) and get no "
+                    "training text with text_source %s; sections.text_source: auto uses the whole report where "
+                    "there are no sections (full_report: always)", no_sections, stats["kept"], args.text_source)
     return 0
 
 

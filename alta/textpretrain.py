@@ -39,6 +39,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from alta import io
+from alta import recipes
 from alta.models.alta import LOGIT_SCALE_MAX
 from alta.models.text import mlm_mask
 from alta.tokenizer import load_tokenizer, special_ids, split_sentences
@@ -46,16 +47,7 @@ from alta.trainlog import save_tokenizer, stage_main, stage_parser
 
 log = logging.getLogger("alta.text_pretrain")
 
-DEFAULTS: dict = {
-    "preset": "tiny", "model_overrides": {},
-    "batch_size": 16, "accum_steps": 1, "blr": 0.032, "weight_decay": 0.01,
-    "warmup_epochs": 5, "schedule_epochs": 100, "max_epochs": 100, "max_steps": None,
-    "ckpt_every": 0, "save_every_epochs": 0, "eval_every_epochs": 1, "log_every": 10, "seed": 0,
-    "precision": "auto", "num_workers": 0, "batch_unique_study": False, "find_unused_parameters": False,
-    "max_length": 128, "split": "train", "dropout": 0.1, "init_std": 0.02,
-    "mlm_probability": 0.15, "mlm_replace": [0.8, 0.1, 0.1], "mlm_weight": 1.0, "contrastive_weight": 1.0,
-    "min_sentence_fraction": 0.5,
-}
+DEFAULTS: dict = {**recipes.defaults("text_pretrain"), "recipe": "published"}  # alta/recipes.py
 
 class TextPretrainModel(nn.Module):
     """BertForMaskedLM of the preset geometry + ``cls_projection_head`` + a log temperature.
@@ -195,7 +187,9 @@ def export_text_encoder(checkpoint: str | Path, dest: str | Path, tokenizer_dir:
     """Write ``dest`` (a CXR-BERT-specialized-layout directory) from a text_pretrain ``checkpoint.pt``."""
     from safetensors.torch import save_file
 
-    ck = torch.load(checkpoint, map_location="cpu", weights_only=False)
+    from alta.models.checkpoints import read_checkpoint
+
+    ck = read_checkpoint(checkpoint)
     args = ck["args"]
     tok = load_tokenizer(tokenizer_dir)
     model = TextPretrainModel(_preset(args), len(tok), tok.pad_token_id, args["dropout"], args["init_std"])
@@ -205,6 +199,7 @@ def export_text_encoder(checkpoint: str | Path, dest: str | Path, tokenizer_dir:
     config.hidden_dropout_prob = config.attention_probs_dropout_prob = base.text_dropout
     config.projection_size = base.proj_dim
     config.architectures = ["BertForMaskedLM"]
+    config.alta_stand_in = True  # align names this text encoder a stand-in, not CXR-BERT (recipe differences)
     weights = {f"bert.{k}": v for k, v in model.mlm.bert.state_dict().items()}
     weights.update({f"cls.{k}": v for k, v in model.mlm.cls.state_dict().items()
                     if k not in ("predictions.decoder.weight", "predictions.decoder.bias")})  # tied, saved once

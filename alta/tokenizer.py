@@ -113,10 +113,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output tokenizer directory")
     p.add_argument("--vocab-size", type=int, default=4000)
     p.add_argument("--min-frequency", type=int, default=1)
+    p.add_argument("--split", default="train",
+                   help="train only on rows of this split (a `split` column, as in pairs.parquet), so that no "
+                        "validation or test report shapes the vocabulary; 'all' uses every row (default: train)")
     a = p.parse_args(argv)
     df = io.read_parquet(a.texts)
     if a.column not in df.columns:
         raise SystemExit(f"{a.texts}: no column {a.column!r} (columns: {list(df.columns)})")
+    n_rows = len(df)
+    if a.split != "all" and "split" in df.columns:
+        df = df[df["split"] == a.split]
+        if df.empty:
+            raise SystemExit(f"{a.texts}: no rows of split {a.split!r}; --split all trains on every row")
     col = df[a.column]
     keep = col.notna() & (col.astype(str).str.strip() != "")
     # Studies with several frontal rows repeat their report in pairs.parquet; count each text once.
@@ -124,7 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     if not texts:
         raise SystemExit(f"{a.texts}: no non-empty texts in column {a.column!r}")
     tok = train_tokenizer(texts, a.out, vocab_size=a.vocab_size, min_frequency=a.min_frequency)
-    stats = {"source": str(a.texts), "column": a.column, "rows": int(len(df)), "rows_blank": int((~keep).sum()),
+    stats = {"source": str(a.texts), "column": a.column, "split": a.split, "rows_in": int(n_rows),
+             "rows": int(len(df)), "rows_blank": int((~keep).sum()),
              "unique_texts": len(texts), "vocab_size": int(len(tok)), "requested_vocab_size": a.vocab_size}
     io.write_json(Path(a.out) / "tokenizer_stats.json", stats)
     log.info("tokenizer: %s", stats)

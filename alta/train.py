@@ -32,6 +32,7 @@ import dataclasses
 import logging
 import math
 import signal
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -54,23 +55,26 @@ NON_RESULT_KEYS = {"num_workers", "log_every", "ckpt_every", "save_every_epochs"
 
 @dataclass
 class TrainConfig:
-    batch_size: int = 96  # global samples per optimiser step, whatever the device count
-    accum_steps: int = 1
-    blr: float = 1.5e-4
-    weight_decay: float = 0.05
-    warmup_epochs: float = 10.0
-    schedule_epochs: float = 100.0
-    max_epochs: float = 30.0
-    max_steps: int | None = None  # overrides max_epochs (demos, tests)
-    ckpt_every: int = 0
-    save_every_epochs: int = 0
-    eval_every_epochs: int = 1
-    log_every: int = 10
-    seed: int = 0
-    precision: str = "auto"  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
-    num_workers: int = 2
-    batch_unique_study: bool = True
-    find_unused_parameters: bool = False
+    """The engine's settings. No defaults here: they live in ``alta.recipes`` (one place); stages build this from
+    their merged config with ``from_dict``."""
+
+    batch_size: int  # global samples per optimiser step, whatever the device count
+    accum_steps: int
+    blr: float
+    weight_decay: float
+    warmup_epochs: float
+    schedule_epochs: float
+    max_epochs: float
+    max_steps: int | None  # overrides max_epochs (demos, tests)
+    ckpt_every: int
+    save_every_epochs: int
+    eval_every_epochs: int
+    log_every: int
+    seed: int
+    precision: str  # auto (bf16 on CUDA, fp32 on CPU) | bf16 | fp16 | fp32
+    num_workers: int
+    batch_unique_study: bool
+    find_unused_parameters: bool
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
@@ -172,7 +176,9 @@ def fit(task: Task, cfg: TrainConfig, config: dict, out_dir: str | Path, info: D
 
     last = out / "last.pt"
     if last.exists():
-        ck = torch.load(last, map_location="cpu", weights_only=False)
+        from alta.models.checkpoints import read_checkpoint
+
+        ck = read_checkpoint(last)
         if ck.get("config_hash") != chash:
             log.warning("%s was written with another config (hash %s != %s); starting afresh", last,
                         ck.get("config_hash"), chash)
@@ -202,7 +208,8 @@ def fit(task: Task, cfg: TrainConfig, config: dict, out_dir: str | Path, info: D
     def _handler(signum, _frame):
         stop["signum"] = signum
 
-    old = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGUSR1)}
+    # SIGINT too: Ctrl-C on Snakemake (or torchrun passing it on) stops training at the next step with last.pt saved
+    old = {s: signal.signal(s, _handler) for s in (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)}
 
     def checkpoint(path: Path, epoch: int) -> None:
         rngs = D.gather_object(_rng_state(task, device))
@@ -238,6 +245,10 @@ def fit(task: Task, cfg: TrainConfig, config: dict, out_dir: str | Path, info: D
 
     model.train()
     meter = IntervalMeter()
+    started, start_step = time.perf_counter(), step
+    if info.is_main:
+        log.info("training %d steps (%d per epoch, global batch %d = %d per rank x %d ranks x %d accumulation), "
+                 "peak lr %.3g, from step %d", total, spe, cfg.batch_size, micro, world, cfg.accum_steps, peak, step)
     try:
         while step < total:
             epoch = step // spe
@@ -272,6 +283,8 @@ def fit(task: Task, cfg: TrainConfig, config: dict, out_dir: str | Path, info: D
                 if step % cfg.log_every == 0 or step == total:
                     rec = meter.flush(device, step, lr, epoch)
                     history.append(rec)
+                    if info.is_main:
+                        log.info("%s", progress_line(rec, total, spe, time.perf_counter() - started, step - start_step))
                     if run is not None:
                         run.log_metrics({**{k: v for k, v in rec.items() if k != "step"}, **system_metrics(device)},
                                         step=step)
@@ -316,6 +329,15 @@ def fit(task: Task, cfg: TrainConfig, config: dict, out_dir: str | Path, info: D
             if (out / name).exists():
                 run.log_artifact(out / name)
     return summary
+
+
+def progress_line(rec: dict, total: int, spe: int, elapsed: float, done: int) -> str:
+    """``step 120/600 (epoch 3.0/15) loss 1.234 loss_mim 0.81 ... | 52.1 samples/s | eta 0:04:10`` for the log."""
+    eta = elapsed / done * (total - rec["step"]) if done else float("nan")
+    eta_s = "?" if not math.isfinite(eta) else f"{int(eta // 3600)}:{int(eta % 3600 // 60):02d}:{int(eta % 60):02d}"
+    terms = " ".join(f"{k} {v:.4g}" for k, v in rec.items() if k.startswith("loss"))
+    return (f"step {rec['step']}/{total} (epoch {rec['step'] / spe:.1f}/{total / spe:.1f}) {terms} lr {rec['lr']:.3g} "
+            f"| {rec['samples_per_s']:.1f} samples/s | eta {eta_s}")
 
 
 def trainable_count(model: torch.nn.Module) -> tuple[int, int]:

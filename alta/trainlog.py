@@ -1,8 +1,11 @@
 """Training-side logging helpers for alta.train: interval meters, system metrics, the loss-curve PNG, and the
 stage config loader shared by ``alta mrm`` / ``alta align``.
 
-Config precedence (lowest to highest): the stage's defaults, ``--config FILE --section NAME`` (a YAML or JSON file;
-the section is a mapping), ``--config-json '{...}'``. Unknown keys are an error naming them.
+Config precedence (lowest to highest): the settings of the chosen recipe (``alta.recipes``; ``recipe: published``
+unless the config names another), ``--config FILE --section NAME`` (a YAML or JSON file; the section is a mapping),
+``--config-json '{...}'``. Unknown keys are an error naming them. Every stage logs at start which recipe it runs and
+each setting that differs from the published method, tags its MLflow run with the same (``alta.recipe``,
+``alta.recipe_differences``) and stores both in its checkpoints (``recipe``, ``recipe_differences``).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 
 from alta import distributed as D
 from alta import io
+from alta import recipes
 
 
 class IntervalMeter:
@@ -79,9 +83,12 @@ def plot_history(history: list[dict], dest: Path) -> None:
     plt.close(fig)
 
 
-def load_stage_config(defaults: dict, config_file: str | None, section: str | None, config_json: str | None) -> dict:
-    """Merge the stage defaults with a config file section and a JSON string (see module docstring)."""
+def load_stage_config(defaults: dict, config_file: str | None, section: str | None, config_json: str | None,
+                      stage: str | None = None) -> dict:
+    """Merge the stage defaults (the named recipe's settings for ``stage``) with a config file section and a JSON
+    string (see module docstring)."""
     cfg = dict(defaults)
+    layers = []
     if config_file:
         text = Path(config_file).read_text()
         if config_file.endswith((".yaml", ".yml")):
@@ -93,18 +100,28 @@ def load_stage_config(defaults: dict, config_file: str | None, section: str | No
         sec = doc.get(section, None) if section else doc
         if not isinstance(sec, dict):
             raise ValueError(f"{config_file}: section {section!r} is missing or not a mapping")
-        _merge(cfg, sec, f"{config_file}:{section}")
+        layers.append((sec, f"{config_file}:{section}"))
     if config_json:
-        _merge(cfg, json.loads(config_json), "--config-json")
+        layers.append((json.loads(config_json), "--config-json"))
+    name = next((layer["recipe"] for layer, _ in reversed(layers) if "recipe" in layer), cfg.get("recipe"))
+    if stage is not None and name not in (None, "published"):
+        cfg = {**recipes.settings(stage, name), "recipe": name}
+    for layer, where in layers:
+        _merge(cfg, layer, where)
     return cfg
 
 
 def _merge(cfg: dict, new: dict, where: str) -> None:
     unknown = sorted(set(new) - set(cfg))
     if unknown:
-        raise ValueError(f"{where}: unknown key(s) {unknown}; known: {sorted(cfg)}")
-    for k, v in new.items():
-        cfg[k] = {**cfg[k], **v} if isinstance(cfg[k], dict) and isinstance(v, dict) else v
+        import difflib
+
+        hints = [f"{k} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(k, list(cfg), 1)) else k
+                 for k in unknown]
+        raise ValueError(f"{where}: unknown key(s) {', '.join(hints)}; known: {sorted(cfg)}")
+    merged = recipes.merge(cfg, new)
+    cfg.clear()
+    cfg.update(merged)
 
 
 def call_with_supported(fn, **kwargs):
@@ -149,14 +166,21 @@ def run_stage(stage: str, config: dict, out_dir: Path, build_task) -> int:
     info = D.init()
     log.info("%s: rank %d/%d (%s) on %s", stage, info.rank, info.world_size, info.launcher, info.device)
     cfg = T.TrainConfig.from_dict(config)
+    recipe = recipe_record(stage, config)
+    if info.is_main:
+        (log.info if not recipe["differences"] else log.warning)("%s: %s", stage, recipe["summary"])
     try:
         task = build_task(info)
+        task.meta.update(recipe=recipe["name"], recipe_differences=recipe["differences"])
         ctx = tracking.stage_run(stage, params=config, out_dir=out_dir) if info.is_main else contextlib.nullcontext()
         with ctx as run:
             if run is not None:
                 n_train, n_all = T.trainable_count(task.model)
                 run.log_params({"world_size": info.world_size, "launcher": info.launcher, "device": info.device,
                                 "trainable_params": n_train, "total_params": n_all})
+                run.set_tags({"alta.recipe": recipe["name"], "alta.recipe_differences": recipe["tag"]})
+                if task.meta.get("inputs"):
+                    run.log_params(task.meta["inputs"])
             summary = T.fit(task, cfg, config, out_dir, info, run)
             if run is not None:
                 io.write_json(Path(out_dir) / "train_summary.json", summary)
@@ -173,6 +197,34 @@ def run_stage(stage: str, config: dict, out_dir: Path, build_task) -> int:
         return exc.exit_code
     finally:
         D.cleanup()
+
+
+def weight_files(**paths) -> dict:
+    """sha256 and size of each weight file a stage starts from (a directory: each of its weight files), as MLflow
+    params ``<name>_sha256`` / ``<name>_bytes`` (``<name>.<file>_...`` inside a directory); ``none`` paths skipped."""
+    out: dict = {}
+    for name, p in paths.items():
+        if p in (None, "none"):
+            continue
+        p = Path(p)
+        files = ([f for f in sorted(p.iterdir()) if f.suffix in (".safetensors", ".bin", ".pt", ".pth")]
+                 if p.is_dir() else [p])
+        for f in files:
+            key = name if not p.is_dir() else f"{name}.{f.name}"
+            out[f"{key}_sha256"] = io.sha256_file(f)
+            out[f"{key}_bytes"] = f.stat().st_size
+    return out
+
+
+def recipe_record(stage: str, config: dict) -> dict:
+    """The recipe a stage runs and its differences from the published method (``alta.recipes``)."""
+    name = config.get("recipe", "published")
+    diff = recipes.differences(stage, config)
+    summary = recipes.describe(name, diff)
+    if stage == "text_pretrain":
+        summary = "a stand-in for CXR-BERT-specialized, which the published method starts from; " + summary
+    tag = "none" if not diff else "; ".join(f"{k}={d['value']!r}" for k, d in diff.items())
+    return {"name": name, "differences": diff, "summary": summary, "tag": tag[:4900]}
 
 
 def stage_parser(stage: str, doc: str, images: bool = True) -> argparse.ArgumentParser:
@@ -203,7 +255,7 @@ def stage_main(stage: str, defaults: dict, parser: argparse.ArgumentParser, argv
         print(json.dumps(defaults, indent=2))
         return 0
     args = parser.parse_args(argv)
-    cfg = load_stage_config(defaults, args.config, args.section, args.config_json)
+    cfg = load_stage_config(defaults, args.config, args.section, args.config_json, stage=stage)
     if args.seed is not None:
         cfg["seed"] = args.seed
     config = {**cfg, "pairs": str(args.pairs), "tokenizer": str(args.tokenizer), **inputs(args)}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -20,6 +21,24 @@ def shared_data(*parts: str) -> Path:
     if not p.exists():
         pytest.skip(f"shared data not available: {p}")
     return p
+
+
+def covid_manifest(base: Path, dest: Path) -> pd.DataFrame:
+    """Manifest of the covid-chestxray X-rays (data.md §7): de-duplicated by filename, frontal/lateral views,
+    numeric offsets; the study is (patient, offset), its date day 0 + offset."""
+    meta = pd.read_csv(base / "metadata.csv", dtype=str, keep_default_na=False)
+    meta = meta[(meta["modality"] == "X-ray") & meta["view"].isin(["PA", "AP", "AP Supine", "L"])
+                & meta["offset"].str.fullmatch(r"-?\d+")]
+    meta = meta.drop_duplicates("filename", keep="first")
+    day0 = pd.Timestamp("2020-01-01")
+    man = pd.DataFrame({
+        "subject_id": meta["patientid"], "study_id": meta["patientid"] + "_" + meta["offset"],
+        "image_id": meta["filename"], "path": str(base / "images") + "/" + meta["filename"],
+        "view_position": meta["view"],
+        "study_date": [(day0 + pd.Timedelta(days=int(o))).strftime("%Y%m%d") for o in meta["offset"]],
+        "study_time": "", "report_text": meta["clinical_notes"]})
+    man.to_csv(dest, index=False)
+    return man
 
 
 @pytest.fixture(scope="session")

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
+import numpy as np
 import pytest
 import torch
 
 from alta.models import build_alta, build_mrm, load_checkpoint, save_checkpoint
-from alta.models.checkpoints import load_mae_encoder
+from alta.models.checkpoints import UntrustedCheckpoint, load_mae_encoder, read_checkpoint
+from alta.models.pos_embed import sincos_pos_embed_2d, which_construction
 from alta.models.params import build_for_count
 
 V = 120
@@ -190,10 +193,92 @@ def test_official_mrm_loads_into_mrm_and_alta():
     escape.load_mrm_encoder(no_decoder)
     assert "decoder_blocks.1.attn.proj.weight" in escape.trainable_names()
 
-    wrong_pos = dict(sd)
-    wrong_pos["pos_embed"] = torch.randn_like(sd["pos_embed"])
-    with pytest.raises(ValueError, match="sin-cos"):
-        tiny_alta().load_mrm_encoder(wrong_pos)
+
+
+def official_code_table(dim: int, grid: int) -> np.ndarray:
+    """The 2-D sin-cos table as the official ALTA/MRM `util/pos_embed.py` computes it, written independently in
+    NumPy: per axis, omega = arange(d/2) / d / 2 (the precedence slip), then [sin, cos]; column axis first, CLS 0."""
+    def axis(d, pos):
+        omega = 1.0 / 10000 ** (np.arange(d // 2, dtype=np.float64) / d / 2.0)
+        out = pos.reshape(-1)[:, None] * omega[None, :]
+        return np.concatenate([np.sin(out), np.cos(out)], axis=1)
+
+    w, h = np.meshgrid(np.arange(grid, dtype=np.float64), np.arange(grid, dtype=np.float64))
+    emb = np.concatenate([axis(dim // 2, w), axis(dim // 2, h)], axis=1)
+    return np.concatenate([np.zeros((1, dim)), emb], axis=0)
+
+
+def _with_tables(sd, encoder: str, decoder: str):
+    out = dict(sd)
+    for key, construction in (("pos_embed", encoder), ("decoder_pos_embed", decoder)):
+        dim, n = sd[key].shape[-1], sd[key].shape[1]
+        grid = int(round((n - 1) ** 0.5))
+        table = (official_code_table(dim, grid) if construction == "official"
+                 else sincos_pos_embed_2d(dim, grid, construction="mae").numpy())
+        out[key] = torch.from_numpy(table).float()[None]
+    return out
+
+
+def test_official_construction_matches_the_official_code_and_differs_from_mae():
+    for dim, grid in ((64, 8), (768, 14)):
+        ours = sincos_pos_embed_2d(dim, grid, construction="official").numpy()
+        assert np.allclose(ours, official_code_table(dim, grid), atol=1e-6)
+        assert not np.allclose(ours, sincos_pos_embed_2d(dim, grid, construction="mae").numpy(), atol=1e-3)
+
+
+@pytest.mark.parametrize("encoder,decoder", [("official", "official"), ("mae", "official")])
+def test_released_mrm_tables_load_into_alta_and_are_kept(encoder, decoder, caplog):
+    sd = _with_tables(tiny_mrm().state_dict(), encoder, decoder)
+    alta = tiny_alta()
+    with caplog.at_level("INFO", logger="alta.models.checkpoints"):
+        report = alta.load_mrm_encoder({"model": sd})
+    assert report["pos_embed"] == {"pos_embed": encoder, "decoder_pos_embed": decoder}
+    assert torch.equal(alta.pos_embed, sd["pos_embed"]) and torch.equal(alta.decoder_pos_embed, sd["decoder_pos_embed"])
+    assert "official-code" in caplog.text and not any(r.levelname == "WARNING" for r in caplog.records
+                                                      if r.name == "alta.models.checkpoints")
+
+
+def test_a_table_of_neither_construction_is_a_warning_and_kept(caplog):
+    sd = dict(tiny_mrm().state_dict())
+    sd["pos_embed"] = torch.randn_like(sd["pos_embed"])
+    alta = tiny_alta()
+    with caplog.at_level("WARNING", logger="alta.models.checkpoints"):
+        report = alta.load_mrm_encoder(sd)
+    assert report["pos_embed"]["pos_embed"] == "neither"
+    assert "pos_embed is neither the MAE nor the official" in caplog.text
+    assert torch.equal(alta.pos_embed, sd["pos_embed"])
+
+
+def test_faithful_mode_initialises_tables_with_the_official_construction():
+    for mode, construction in (("faithful", "official"), ("recommended", "mae")):
+        for model in (build_alta(preset="tiny", mode=mode, vocab_size=V, special_ids=SPECIAL),
+                      build_mrm(preset="tiny", mode=mode, vocab_size=V, pad_token_id=0, mask_token_id=3,
+                                cls_token_id=2)):
+            assert which_construction(model.pos_embed) == construction, (mode, type(model).__name__)
+            assert which_construction(model.decoder_pos_embed) == construction
+
+
+def test_read_checkpoint_refuses_code_and_accepts_released_layouts(tmp_path):
+    sd = tiny_mrm().state_dict()
+    released = tmp_path / "MRM.pth"
+    torch.save({"model": sd, "optimizer": None, "epoch": 199, "scaler": {"scale": 1024.0},
+                "args": argparse.Namespace(batch_size=32, blr=1.5e-4, output_dir="/out", mask_ratio=0.75)}, released)
+    obj = read_checkpoint(released)
+    assert obj["args"].batch_size == 32 and torch.equal(obj["model"]["cls_token"], sd["cls_token"])
+
+    evil = tmp_path / "evil.pth"
+    torch.save({"model": sd, "hook": _RunsCode()}, evil)
+    with pytest.raises(UntrustedCheckpoint, match=r"evil\.pth: refused to load.*_RunsCode.*--trust-checkpoint"):
+        read_checkpoint(evil)
+    assert isinstance(read_checkpoint(evil, trust=True)["hook"], _RunsCode)  # the explicit opt-in
+    junk = tmp_path / "notes.pth"
+    junk.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match=r"notes\.pth: not a PyTorch checkpoint"):
+        read_checkpoint(junk)
+
+
+class _RunsCode:
+    """A pickled object whose loading would call this class: stands for code hidden in a downloaded file."""
 
 
 def test_build_alta_with_mrm_checkpoint_sets_trainable_after_loading():

@@ -32,7 +32,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("eval")
     pairs, images, extract = build_synthetic(root)
     train_tokenizer(io.read_parquet(pairs)["text"].tolist(), root / "tok", vocab_size=300)
-    small = {"batch_size": 4, "num_workers": 0, "log_every": 2, "warmup_epochs": 1, "schedule_epochs": 4,
+    small = {"preset": "tiny", "batch_size": 4, "num_workers": 0, "log_every": 2, "warmup_epochs": 1, "schedule_epochs": 4,
              "max_epochs": 2, "blr": 1e-2, "max_steps": 3}
     common = ["--pairs", str(pairs), "--images", str(images), "--extract-dir", str(extract),
               "--tokenizer", str(root / "tok")]
@@ -98,7 +98,7 @@ def test_small_scale_options_reach_the_inference_models(trained, tmp_path):
 
     root, pairs, images, extract = trained
     opts = {"inference_view_loss": True, "image_pooling": "patch_mean", "text_pooling": "token_mean"}
-    cfg = {"batch_size": 4, "num_workers": 0, "log_every": 1, "warmup_epochs": 1, "schedule_epochs": 4,
+    cfg = {"preset": "tiny", "batch_size": 4, "num_workers": 0, "log_every": 1, "warmup_epochs": 1, "schedule_epochs": 4,
            "max_epochs": 2, "blr": 1e-2, "max_steps": 2, "val_max_rows": 4, "model_options": opts}
     out = tmp_path / "align"
     assert align.main(["--pairs", str(pairs), "--images", str(images), "--extract-dir", str(extract),

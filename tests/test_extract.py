@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless
+from conftest import covid_manifest
 from test_render import make_dataset, ramp_image, write_dicom
 from test_render import study_dir as _study
 
@@ -203,24 +204,6 @@ def test_mimic_jpg_tree_takes_headers_from_metadata(tmp_path, capsys):
     assert pd.isna(images.loc["c2", "PatientOrientationCodeSequence_CodeMeaning"])
     assert (images["source_format"] == "jpg").all() and images.loc["g1", "width"] == SIZE
     assert images["Modality"].isna().all() and images["TransferSyntaxUID"].isna().all()
-
-
-def covid_manifest(base: Path, dest: Path) -> pd.DataFrame:
-    """Manifest of the covid-chestxray X-rays (data.md §7): de-duplicated by filename, frontal/lateral views,
-    numeric offsets; the study is (patient, offset), its date day 0 + offset."""
-    meta = pd.read_csv(base / "metadata.csv", dtype=str, keep_default_na=False)
-    meta = meta[(meta["modality"] == "X-ray") & meta["view"].isin(["PA", "AP", "AP Supine", "L"])
-                & meta["offset"].str.fullmatch(r"-?\d+")]
-    meta = meta.drop_duplicates("filename", keep="first")
-    day0 = pd.Timestamp("2020-01-01")
-    man = pd.DataFrame({
-        "subject_id": meta["patientid"], "study_id": meta["patientid"] + "_" + meta["offset"],
-        "image_id": meta["filename"], "path": str(base / "images") + "/" + meta["filename"],
-        "view_position": meta["view"],
-        "study_date": [(day0 + pd.Timedelta(days=int(o))).strftime("%Y%m%d") for o in meta["offset"]],
-        "study_time": "", "report_text": meta["clinical_notes"]})
-    man.to_csv(dest, index=False)
-    return man
 
 
 def test_manifest_covid_chestxray(tmp_path):

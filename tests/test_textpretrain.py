@@ -19,7 +19,7 @@ tp = pytest.importorskip("alta.textpretrain")
 
 def _run(s, out, **cfg):
     return tp.main(["--pairs", str(s.pairs), "--tokenizer", str(s.tok), "--out", str(out), "--config-json",
-                    json.dumps({"batch_size": 8, "log_every": 1, "warmup_epochs": 1, **cfg})])
+                    json.dumps({"preset": "tiny", "batch_size": 8, "log_every": 1, "warmup_epochs": 1, **cfg})])
 
 
 def test_sentence_views_are_deterministic_subsets():
@@ -75,7 +75,7 @@ def test_text_pretrain_learns_and_exports_a_directory_align_loads(synth, tmp_pat
 
     rc = align.main(["--pairs", str(synth.pairs), "--images", str(synth.images), "--extract-dir", str(synth.extract),
                      "--tokenizer", str(synth.tok), "--text-dir", str(model_dir), "--out", str(tmp_path / "al"),
-                     "--config-json", json.dumps({"batch_size": 4, "num_workers": 0, "max_steps": 2,
+                     "--config-json", json.dumps({"preset": "tiny", "batch_size": 4, "num_workers": 0, "max_steps": 2,
                                                   "val_max_rows": 4})])
     assert rc == 0
     ck = torch.load(tmp_path / "al" / "checkpoint.pt", map_location="cpu", weights_only=False)
@@ -94,7 +94,9 @@ def test_schema_sections_list_exactly_each_trainers_keys():
     from alta import align, mrm
 
     schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
-    workflow_keys = {"weights", "nproc", "gpus", "threads", "text_dir", "enabled"}  # common.smk WORKFLOW_KEYS
+    from alta.recipes import WORKFLOW_KEYS
+
     for stage, defaults in (("mrm", mrm.DEFAULTS), ("align", align.DEFAULTS), ("text_pretrain", tp.DEFAULTS)):
-        props = set(schema["properties"][stage]["properties"]) - workflow_keys
-        assert props == set(defaults), (stage, sorted(props ^ set(defaults)))
+        props = set(schema["properties"][stage]["properties"]) - WORKFLOW_KEYS
+        # `recipe` is chosen once, at the top level of the config, and handed to each stage
+        assert props == set(defaults) - {"recipe"}, (stage, sorted(props ^ (set(defaults) - {"recipe"})))

@@ -23,7 +23,7 @@ from alta.tokenizer import train_tokenizer  # noqa: E402
 
 models = pytest.importorskip("alta.models", reason="alta.models is not available yet")
 
-SMALL = {"batch_size": 4, "num_workers": 0, "log_every": 2, "warmup_epochs": 1, "schedule_epochs": 4,
+SMALL = {"preset": "tiny", "batch_size": 4, "num_workers": 0, "log_every": 2, "warmup_epochs": 1, "schedule_epochs": 4,
          "max_epochs": 2, "blr": 1e-2, "val_max_rows": 4}
 
 

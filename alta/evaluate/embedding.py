@@ -63,17 +63,19 @@ class Embedder:
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
     def from_checkpoint(cls, kind: str, path: str, tokenizer_dir: str, text_dir: str | None = None,
-                        batch_size: int = 64, device: str = "cpu", mrm_options: dict | None = None) -> "Embedder":
+                        batch_size: int = 64, device: str = "cpu", mrm_options: dict | None = None,
+                        trust: bool = False) -> "Embedder":
         """Build the ALTA architecture for ``kind`` (align / mrm / official) and load ``path`` into it.
 
         ``mrm_options`` (kind ``mrm`` only): ALTA options laid over the MRM checkpoint's own, normally the align
-        stage's ``model_options``, so that the baseline embeds the same features (pooling) as the aligned model."""
+        stage's ``model_options``, so that the baseline embeds the same features (pooling) as the aligned model.
+        ``trust``: the user's opt-in to unpickle a file that holds more than weights (``read_checkpoint``)."""
         from alta.models import build_alta, load_checkpoint
-        from alta.models.checkpoints import extract_state_dict
+        from alta.models.checkpoints import extract_state_dict, read_checkpoint
         from alta.tokenizer import load_tokenizer, special_ids
 
         tok = load_tokenizer(tokenizer_dir)
-        obj = torch.load(path, map_location="cpu", weights_only=False)
+        obj = read_checkpoint(path, trust=trust)
         meta = obj if isinstance(obj, dict) else {}
         args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
         preset = meta.get("preset") or "vit_base"
@@ -89,11 +91,14 @@ class Embedder:
             load_checkpoint(obj, model)
         else:
             raise ValueError(f"unknown model kind {kind!r}; expected align, mrm or official")
-        return cls(model, tok, batch_size=batch_size, device=device, preset=preset, kind=kind,
-                   checkpoint_sha256=io.sha256_file(path))
+        emb = cls(model, tok, batch_size=batch_size, device=device, preset=preset, kind=kind,
+                  checkpoint_sha256=io.sha256_file(path))
+        emb.provenance = checkpoint_provenance(path, meta, kind)
+        return emb
 
     def describe(self) -> dict:
         return {"kind": self.kind, "preset": self.preset, "checkpoint_sha256": self.checkpoint_sha256,
+                **getattr(self, "provenance", {}),
                 "transform": f"Resize({round(self.img_size * 256 / 224)}, bicubic, antialias) -> "
                              f"CenterCrop({self.img_size}) -> Grayscale(3) -> Normalize({augment.ALTA_MEAN}, "
                              f"{augment.ALTA_STD})",
@@ -186,3 +191,15 @@ class Embedder:
                                            normalize=normalize).float()
             out.append(t.cpu().numpy())
         return np.concatenate(out) if out else np.zeros((0, 0), np.float32)
+
+
+def checkpoint_provenance(path: str, meta: dict, kind: str) -> dict:
+    """What a scored model started from: the file's size, the recipe its stage ran and how that differs from the
+    published method (our checkpoints record both; an imported MRM.pth / ALTA.pth records neither)."""
+    recipe = meta.get("recipe")
+    out = {"checkpoint_bytes": Path(path).stat().st_size, "recipe": recipe or "unknown (imported file)"}
+    if recipe is not None:
+        out["recipe_differences"] = {k: v["value"] for k, v in (meta.get("recipe_differences") or {}).items()}
+    if kind == "mrm":
+        out["note"] = "ALTA built from these MRM weights, adapters and heads untrained"
+    return out

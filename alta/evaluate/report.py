@@ -178,6 +178,26 @@ def write_plots(results: dict[str, dict], out_dir: Path) -> list[Path]:
     return written
 
 
+def _models_section(results: dict[str, dict]) -> list[str]:
+    """Each model's checkpoint (sha256, size) and recipe, with every setting that is not the published method."""
+    lines = ["## Models", ""]
+    for name, benches in results.items():
+        m = next((r["model"] for r in benches.values() if isinstance(r, dict) and "model" in r), None)
+        if m is None:
+            continue
+        size = f", {m['checkpoint_bytes']:,} bytes" if "checkpoint_bytes" in m else ""
+        lines.append(f"- **{name}**: `{m.get('checkpoint')}` (sha256 `{m.get('checkpoint_sha256', '')[:16]}…`{size}); "
+                     f"recipe {m.get('recipe', 'unknown')}")
+        diff = m.get("recipe_differences")
+        if diff:
+            lines.append("  - not the published method: " + ", ".join(f"`{k}={v!r}`" for k, v in diff.items()))
+        elif diff is not None:
+            lines.append("  - the published method (no differences)")
+        if m.get("note"):
+            lines.append(f"  - {m['note']}")
+    return lines + [""]
+
+
 def _mean_sd(st: dict | None) -> str:
     if not st:
         return ""
@@ -223,7 +243,7 @@ def markdown_report(results: dict[str, dict], table: pd.DataFrame, plots: list[P
 
     With ``spread``, every table has each seed's row and, beside them, the model's mean ± sd over its seeds."""
     spread = spread or {}
-    lines = ["# alta evaluation", ""]
+    lines = ["# alta evaluation", ""] + _models_section(results)
     if spread:
         for kind, rec in spread.items():
             rows = ", ".join(rec["labels"].values())

@@ -277,14 +277,18 @@ def evaluate_model(label: str, spec: tuple[str, int | None, str], args, cfg: dic
     name, seed, ckpt = spec
     emb = Embedder.from_checkpoint(name, ckpt, tokenizer_dir=args.tokenizer, text_dir=args.text_dir,
                                    mrm_options=json.loads(args.mrm_options),
-                                   batch_size=cfg.get("batch_size", 64))
+                                   batch_size=cfg.get("batch_size", 64), trust=name in (args.trust or []))
     results: dict[str, dict] = {}
     status = benchmarks_to_run(cfg)
     params = {**cfg, "model": name, "checkpoint": ckpt, **({"seed": seed} if seed is not None else {})}
     with tracking.stage_run("evaluate", params=params, out_dir=Path(args.out) / "metrics" / label,
                             run_name=f"evaluate:{label}") as run:
         run.set_tags({"alta.model": label, "alta.checkpoint_sha256": emb.checkpoint_sha256,
-                      "alta.preset": emb.preset, **({"alta.seed": str(seed)} if seed is not None else {})})
+                      "alta.checkpoint_bytes": str(emb.provenance["checkpoint_bytes"]), "alta.preset": emb.preset,
+                      "alta.recipe": emb.provenance["recipe"],
+                      "alta.recipe_differences": "; ".join(f"{k}={v!r}" for k, v in
+                                                           emb.provenance.get("recipe_differences", {}).items())
+                      or "none", **({"alta.seed": str(seed)} if seed is not None else {})})
         for bench, skip in status.items():
             if skip:
                 log.warning("%s: skipping %s (%s)", label, bench, skip)
@@ -332,6 +336,8 @@ def add_model_inputs(ap: argparse.ArgumentParser, model_help: str) -> None:
     ap.add_argument("--text-dir", default=None,
                     help="local CXR-BERT directory or the text_pretrain model (the text tower of models built from "
                          "MRM weights; as align.text_dir)")
+    ap.add_argument("--trust", action="append", metavar="NAME",
+                    help="load model NAME's file with full unpickling (only a file you trust; default: weights only)")
     ap.add_argument("--mrm-options", default="{}",
                     help="JSON ALTA options for models built from MRM weights (the align stage's model_options), so "
                          "the baseline embeds what the aligned model embeds")

@@ -76,8 +76,8 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
     def initialize_weights(self) -> None:
         with torch.no_grad():
             self.apply(init_reference)
-            self.init_encoder_special()
-            self.init_decoder_special()
+            self.init_encoder_special(self.options.pos_embed_construction)
+            self.init_decoder_special(self.options.pos_embed_construction)
             for blk in self.blocks:
                 init_adapter(blk.attn_adapter, "zero")
                 init_adapter(blk.mlp_adapter, "zero")

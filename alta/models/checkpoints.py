@@ -1,6 +1,11 @@
 """Checkpoint files: our own save/load and the import of the official MRM.pth / ALTA.pth (method.md §4, §5).
 
 Contract:
+- ``read_checkpoint(path, trust=False) -> object``: every checkpoint file, ours or from outside, is read with
+  ``torch.load(weights_only=True)``: tensors, containers and primitives, plus ``SAFE_GLOBALS`` (the types released
+  checkpoints hold: the reference's ``argparse.Namespace`` args, NumPy scalars). Any other type would be rebuilt by
+  running code from the file, so it is refused with :class:`UntrustedCheckpoint` naming the file and the type;
+  ``trust=True`` (the user's explicit opt-in for a file they trust) loads it with full unpickling and warns.
 - ``save_checkpoint(path, model, optimizer=None, scaler=None, epoch=None, step=None, config=None, args=None,
   name=None)``: atomic ``torch.save`` of ``{'model', 'optimizer', 'scaler', 'epoch', 'step', 'config', 'args',
   'name'}`` (the reference layout plus ``step``/``config``); a DDP wrapper is unwrapped.
@@ -9,8 +14,10 @@ Contract:
   dependent ``position_ids`` buffers; fp16 ``missing_token`` is cast to the model dtype; tied text tensors must be
   equal in the file) and the optimiser/scaler when given.
 - ``load_mrm_into_alta(alta, sd)``: §5.5 — non-strict load of MRM.pth; asserts the exact loaded / missing /
-  unexpected sets; a missing decoder key is an error unless ``options.train_full_decoder``; the loaded sin-cos
-  tables must equal the recomputed ones. Returns ``{'loaded', 'missing', 'unexpected'}`` (sorted lists).
+  unexpected sets; a missing decoder key is an error unless ``options.train_full_decoder``. The file's sin-cos
+  tables are kept; each is matched against both constructions (pos_embed.py: MAE's and the official code's), the
+  match is logged, and a table that matches neither is a warning naming the key. Returns ``{'loaded', 'missing',
+  'unexpected', 'pos_embed'}`` (sorted lists; ``pos_embed`` maps each table to ``mae`` | ``official`` | ``neither``).
 - ``inference_state_dict(alta)`` / ``load_inference_state(alta, sd)``: the §4 ``encoder_inference.pt`` subset.
 - ``load_mae_encoder(mrm, sd)``: ImageNet MAE encoder weights (``mae_pretrain_vit_base.pth``) into MRM
   (the ``--init-from`` option); everything but the encoder must be reported missing.
@@ -18,6 +25,9 @@ Contract:
 
 from __future__ import annotations
 
+import argparse
+import logging
+import pickle
 import re
 from pathlib import Path
 from typing import Any
@@ -26,7 +36,9 @@ import torch
 from torch import nn
 
 from ..io import atomic_path
-from .pos_embed import sincos_pos_embed_2d
+from .pos_embed import which_construction
+
+log = logging.getLogger("alta.models.checkpoints")
 
 _POSITION_IDS = re.compile(r"(^|\.)embeddings\.position_ids$")
 ENCODER_KEY = re.compile(r"^(patch_embed\.|cls_token$|pos_embed$|norm\.|blocks\.\d+\.(norm1|attn|norm2|mlp)\.)")
@@ -35,6 +47,52 @@ TIED_TEXT = (
     ("bert_encoder.cls.predictions.decoder.weight", "bert_encoder.bert.embeddings.word_embeddings.weight"),
     ("bert_encoder.cls.predictions.decoder.bias", "bert_encoder.cls.predictions.bias"),
 )
+
+
+def _safe_globals() -> list:
+    import numpy as np
+
+    out: list = [argparse.Namespace, np.dtype, np.ndarray]
+    for mod in ("numpy._core.multiarray", "numpy.core.multiarray"):
+        for name in ("scalar", "_reconstruct"):
+            try:
+                out.append(getattr(__import__(mod, fromlist=[name]), name))
+            except (ImportError, AttributeError):
+                pass
+    out += [type(np.dtype(t)) for t in ("float64", "float32", "int64", "int32", "bool")]
+    return out
+
+
+SAFE_GLOBALS = _safe_globals()
+TRUST_HINT = "if you trust this file, pass --trust-checkpoint (workflow: the matching trust_* config key)"
+
+
+class UntrustedCheckpoint(ValueError):
+    """A checkpoint file holds an object whose unpickling would run code from the file."""
+
+
+def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False) -> Any:
+    """Read a checkpoint file as data (see the module contract); errors name the file and the problem."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such checkpoint file")
+    if trust:
+        log.warning("%s: loaded with full unpickling because it was marked as trusted", path)
+        return torch.load(path, map_location=map_location, weights_only=False)
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        m = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        if not m:
+            raise ValueError(f"{path}: not a PyTorch checkpoint ({str(exc).splitlines()[-1][:200]})") from None
+        what = m.group(1)
+        raise UntrustedCheckpoint(
+            f"{path}: refused to load: the file holds an object of type {what}, which torch can only rebuild by "
+            f"running code from the file (weights are tensors, containers and numbers); {TRUST_HINT}") from None
+    except (RuntimeError, KeyError, EOFError, ValueError) as exc:
+        raise ValueError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: "
+                         f"{(str(exc).splitlines() or [''])[0][:200]})") from None
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -83,9 +141,7 @@ def load_checkpoint(path_or_obj: str | Path | dict, model: nn.Module | None = No
                     map_location: str | torch.device = "cpu") -> dict:
     source = str(path_or_obj) if isinstance(path_or_obj, (str, Path)) else "checkpoint"
     if isinstance(path_or_obj, (str, Path)):
-        if not Path(path_or_obj).is_file():
-            raise FileNotFoundError(f"checkpoint not found: {path_or_obj}")
-        obj = torch.load(path_or_obj, map_location=map_location, weights_only=False)
+        obj = read_checkpoint(path_or_obj, map_location=map_location)
     else:
         obj = path_or_obj
     sd = extract_state_dict(obj)
@@ -105,12 +161,19 @@ def mrm_shared_keys(alta: nn.Module) -> set[str]:
     return {k for k in unwrap(alta).state_dict() if ENCODER_KEY.match(k) or DECODER_KEY.match(k)}
 
 
-def _check_sincos(model: nn.Module, source: str) -> None:
+def _check_sincos(model: nn.Module, source: str) -> dict[str, str]:
+    """Name the construction of each loaded sin-cos table (kept as loaded either way, method.md §5.5)."""
+    found = {}
     for name in ("pos_embed", "decoder_pos_embed"):
-        p = getattr(model, name)
-        ref = sincos_pos_embed_2d(p.shape[-1], int(round((p.shape[1] - 1) ** 0.5))).unsqueeze(0)
-        if not torch.allclose(p.detach().float().cpu(), ref, atol=1e-5):
-            raise ValueError(f"{source}: loaded {name} is not the fixed 2-D sin-cos table")
+        construction = which_construction(getattr(model, name))
+        found[name] = construction or "neither"
+        if construction is None:
+            log.warning("%s: loaded %s is neither the MAE nor the official 2-D sin-cos table; it is kept as loaded",
+                        source, name)
+        else:
+            log.info("%s: %s is the %s sin-cos table", source, name,
+                     "MAE" if construction == "mae" else "official-code (omega / D / 2.)")
+    return found
 
 
 def load_mrm_into_alta(alta: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "MRM.pth") -> dict:
@@ -145,8 +208,8 @@ def load_mrm_into_alta(alta: nn.Module, state_dict: dict[str, torch.Tensor], sou
     for k, v in sd.items():
         if k in shared and v.shape != alta.state_dict()[k].shape:
             raise ValueError(f"{source}: shape of {k} is {tuple(v.shape)}, model has {tuple(alta.state_dict()[k].shape)}")
-    _check_sincos(alta, source)
-    return {"loaded": sorted(set(sd) & shared), "missing": missing, "unexpected": unexpected}
+    tables = _check_sincos(alta, source)
+    return {"loaded": sorted(set(sd) & shared), "missing": missing, "unexpected": unexpected, "pos_embed": tables}
 
 
 def load_mae_encoder(mrm: nn.Module, state_dict: dict[str, torch.Tensor], source: str = "mae_pretrain_vit_base.pth"):

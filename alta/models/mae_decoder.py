@@ -31,10 +31,11 @@ class MAEDecoderMixin:
         self._target_patch = cfg.target_patch
         self._norm_pix_loss = cfg.norm_pix_loss
 
-    def init_decoder_special(self) -> None:
+    def init_decoder_special(self, construction: str = "mae") -> None:
         with torch.no_grad():
             grid = int(round((self.decoder_pos_embed.shape[1] - 1) ** 0.5))
-            self.decoder_pos_embed.copy_(sincos_pos_embed_2d(self.decoder_pos_embed.shape[-1], grid).unsqueeze(0))
+            self.decoder_pos_embed.copy_(sincos_pos_embed_2d(self.decoder_pos_embed.shape[-1], grid,
+                                                             construction=construction).unsqueeze(0))
             nn.init.normal_(self.mask_token, std=0.02)
 
     def forward_decoder(self, latent: torch.Tensor, ids_restore: torch.Tensor) -> torch.Tensor:

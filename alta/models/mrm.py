@@ -64,8 +64,8 @@ class MRM(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
     def initialize_weights(self) -> None:
         with torch.no_grad():
             self.apply(init_reference)
-            self.init_encoder_special()
-            self.init_decoder_special()
+            self.init_encoder_special(self.options.pos_embed_construction)
+            self.init_decoder_special(self.options.pos_embed_construction)
 
     def no_weight_decay(self) -> set[str]:
         return set()

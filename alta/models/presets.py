@@ -146,6 +146,9 @@ class AltaOptions:
     - ``exempt_embeddings_from_decay``: §3 #8. No weight decay on cls_token / temporal / view embeddings.
     - ``train_full_decoder``: §5.5 escape hatch; the whole MAE decoder is trained, allowed when MRM.pth has no
       decoder weights.
+    - ``pos_embed_construction``: §1.1, §5.5. How the fixed sin-cos tables that are not loaded from a file are
+      built: ``mae`` (MAE's frequencies) or ``official`` (the official code's ``omega / D / 2.``, faithful). Loaded
+      tables are always kept as the file has them.
 
     Small-scale switches, not in the paper (off in both modes; the demo's config.yaml turns them on, README
     "What the demo shows" has the measurements). ALTA trains its global loss on the mean [CLS] of four 75 %-masked
@@ -174,6 +177,7 @@ class AltaOptions:
     mrm_antialias: bool = True
     exempt_embeddings_from_decay: bool = True
     train_full_decoder: bool = False
+    pos_embed_construction: str = "mae"
     inference_view_loss: bool = False
     image_pooling: str = "cls"
     text_pooling: str = "cls"
@@ -188,6 +192,8 @@ class AltaOptions:
             raise ValueError(f"text_adapter_init must be 'zero' or 'normal', got {self.text_adapter_init!r}")
         if self.mrm_text_loss_positions not in ("all", "masked"):
             raise ValueError(f"mrm_text_loss_positions must be 'all' or 'masked', got {self.mrm_text_loss_positions!r}")
+        if self.pos_embed_construction not in ("mae", "official"):
+            raise ValueError(f"pos_embed_construction must be 'mae' or 'official', got {self.pos_embed_construction!r}")
         if self.image_pooling not in ("cls", "patch_mean"):
             raise ValueError(f"image_pooling must be 'cls' or 'patch_mean', got {self.image_pooling!r}")
         if self.text_pooling not in ("cls", "token_mean"):
@@ -209,6 +215,7 @@ _MODE_DEFAULTS: dict[str, dict[str, Any]] = {
     "faithful": dict(
         bert_embed_trainable=False, missing_token_dtype="float16", text_adapter_init="normal",
         mrm_text_loss_positions="all", mrm_antialias=False, exempt_embeddings_from_decay=False,
+        pos_embed_construction="official",
     ),
     "recommended": {},
 }

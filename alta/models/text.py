@@ -106,7 +106,9 @@ def _read_weight_files(text_dir: Path) -> dict[str, torch.Tensor]:
     def load_one(path: Path) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             return load_file(str(path))
-        return torch.load(path, map_location="cpu", weights_only=True)
+        from .checkpoints import read_checkpoint
+
+        return read_checkpoint(path)  # weights only: a text_dir comes from outside
 
     for index_name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         index = text_dir / index_name

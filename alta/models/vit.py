@@ -81,11 +81,13 @@ class ViTEncoderMixin:
         self.blocks = make_blocks(cfg.embed_dim, cfg.depth, cfg.num_heads, cfg, adapters)
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.norm_eps)
 
-    def init_encoder_special(self) -> None:
-        """Sin-cos table, patch-embed conv as a flattened Linear, cls token N(0, 0.02) (after ``init_reference``)."""
+    def init_encoder_special(self, construction: str = "mae") -> None:
+        """Sin-cos table (``construction``: pos_embed.py), patch-embed conv as a flattened Linear, cls token
+        N(0, 0.02) (after ``init_reference``)."""
         with torch.no_grad():
             grid = self.patch_embed.grid_size[0]
-            self.pos_embed.copy_(sincos_pos_embed_2d(self.pos_embed.shape[-1], grid).unsqueeze(0))
+            self.pos_embed.copy_(sincos_pos_embed_2d(self.pos_embed.shape[-1], grid,
+                                                     construction=construction).unsqueeze(0))
             w = self.patch_embed.proj.weight
             nn.init.xavier_uniform_(w.view(w.shape[0], -1))
             nn.init.normal_(self.cls_token, std=0.02)

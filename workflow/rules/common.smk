@@ -3,6 +3,7 @@
 
 import json
 import shlex
+import threading
 from pathlib import Path
 
 from alta import tracking
@@ -18,6 +19,12 @@ ROOT = DATA["root"]
 # also through sbatch's default --export=ALL on Slurm.
 TRACKING_CONTEXT = os.path.abspath(f"{RES}/mlflow/context.json")
 os.environ[tracking.CONTEXT_ENV] = TRACKING_CONTEXT
+
+# Ctrl-C stops running jobs within seconds (training saves last.pt first); alta/interrupts.py says why it is needed.
+if threading.current_thread() is threading.main_thread():
+    from alta import interrupts
+
+    interrupts.forward_interrupt()
 
 
 def section(name):
@@ -87,11 +94,22 @@ def shard_input_files(wildcards):
         n_shards=config["extract"]["n_shards"],
     )
     if DATA["source"] == "manifest":
-        # Missing manifest paths become rejects inside the stage, not DAG errors.
-        files = [f for f in files if os.path.exists(f)] + [DATA["manifest"]]
+        # Missing manifest paths become rejects inside the stage, not DAG errors. The manifest itself is not an
+        # input: a shard depends on its rows' image columns only (shard_digest), so a report edit does not
+        # re-extract.
+        files = [f for f in files if os.path.exists(f)]
     elif DATA["source"] == "mimic_jpg" and _metadata_csv():
         files = files + [_metadata_csv()]
     return files
+
+
+def shard_digest(wildcards):
+    """The digest of a manifest shard's image columns (a param: it changes only when what the shard extracts does)."""
+    if DATA["source"] != "manifest":
+        return ""
+    from alta import extract_inputs
+
+    return extract_inputs.manifest_shard_digest(DATA["manifest"], wildcards.shard, config["extract"]["n_shards"])
 
 
 def report_files(wildcards):
@@ -115,10 +133,6 @@ def opt(flag, value):
 
 
 # ---- used by train.smk ----
-# Keys of a training section that configure the workflow, not the trainer.
-WORKFLOW_KEYS = {"weights", "nproc", "gpus", "threads", "text_dir", "enabled", "seeds"}
-
-
 def align_seeds():
     """align.seeds: one align job per seed (default: the align section's seed, else the workflow seed)."""
     seeds = config["align"].get("seeds")
@@ -131,10 +145,19 @@ def align_seed(wildcards):
 
 
 def trainer_config(stage):
-    """The stage's trainer settings as shell-quoted JSON (the workflow seed unless the section sets its own)."""
+    """The stage's effective trainer settings (recipe + config, resolved in the Snakefile) and the recipe's name,
+    as shell-quoted JSON; the workflow seed unless the section sets its own."""
+    from alta.recipes import WORKFLOW_KEYS
+
     cfg = {k: v for k, v in config[stage].items() if k not in WORKFLOW_KEYS}
     cfg.setdefault("seed", config["seed"])
+    cfg["recipe"] = config["recipe"]
     return shlex.quote(json.dumps(cfg, sort_keys=True))
+
+
+def trust_flag(stage, key):
+    """``--trust-checkpoint`` when the user marked that stage's weight file as trusted (default: weights only)."""
+    return "--trust-checkpoint" if config[stage].get(key) else ""
 
 
 def tokenizer_dir(wildcards=None):
@@ -211,11 +234,12 @@ def align_model_options(wildcards):
 
 def eval_model_args(wildcards, input):
     """--model NAME=CKPT per model; the seeds of align as --model align@SEED=CKPT (reported as mean ± sd)."""
-    args = []
+    trusted = {"mrm": config["mrm"].get("trust_weights"), "official": config["evaluate"].get("trust_official_alta")}
+    models = []
     for name in config["evaluate"]["models"]:
         if name == "align" and len(align_seeds()) > 1:
             for s in align_seeds():
-                args.append(f"--model align@{s}={input[f'align_seed{s}']}")
+                models.append(f"--model align@{s}={input[f'align_seed{s}']}")
         else:
-            args.append(f"--model {name}={input[name]}")
-    return " ".join(args)
+            models.append(f"--model {name}={input[name]}")
+    return " ".join(models + [f"--trust {name}" for name, yes in trusted.items() if yes])

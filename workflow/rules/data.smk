@@ -58,6 +58,7 @@ rule extract_shard:
         size=config["extract"].get("size", 512),
         n_shards=config["extract"].get("n_shards", 10),
         colour=config["extract"].get("colour", "luminance"),
+        rows=shard_digest,
     shell:
         "{params.py} -m alta.extract shard --source {params.source} {params.root} {params.manifest} {params.metadata}"
         " --shard {wildcards.shard} --out {params.outdir} --render {params.render} --size {params.size}"

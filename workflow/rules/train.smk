@@ -119,9 +119,10 @@ rule align:
         cfg=lambda w: trainer_config("align"),
         tok=tokenizer_dir,
         text_dir=lambda w: opt("--text-dir", text_dir()),
+        trust=trust_flag("mrm", "trust_weights"),
         seed=align_seed,
     shell:
         torchrun("align") + " --pairs {input.pairs} --images {input.images}"
-        " --extract-dir {params.extract} --tokenizer {params.tok} --mrm-weights {input.mrm} {params.text_dir}"
+        " --extract-dir {params.extract} --tokenizer {params.tok} --mrm-weights {input.mrm} {params.text_dir} {params.trust}"
         " --seed {params.seed}"
         " --out {params.outdir} --config-json {params.cfg} >> {log} 2>&1"
