@@ -109,7 +109,9 @@ def shard_digest(wildcards):
         return ""
     from alta import extract_inputs
 
-    return extract_inputs.manifest_shard_digest(DATA["manifest"], wildcards.shard, config["extract"]["n_shards"])
+    return extract_inputs.manifest_shard_digest(
+        DATA["manifest"], wildcards.shard, config["extract"]["n_shards"]
+    )
 
 
 def report_files(wildcards):
@@ -234,7 +236,10 @@ def align_model_options(wildcards):
 
 def eval_model_args(wildcards, input):
     """--model NAME=CKPT per model; the seeds of align as --model align@SEED=CKPT (reported as mean ± sd)."""
-    trusted = {"mrm": config["mrm"].get("trust_weights"), "official": config["evaluate"].get("trust_official_alta")}
+    trusted = {
+        "mrm": config["mrm"].get("trust_weights"),
+        "official": config["evaluate"].get("trust_official_alta"),
+    }
     models = []
     for name in config["evaluate"]["models"]:
         if name == "align" and len(align_seeds()) > 1:
@@ -242,4 +247,6 @@ def eval_model_args(wildcards, input):
                 models.append(f"--model align@{s}={input[f'align_seed{s}']}")
         else:
             models.append(f"--model {name}={input[name]}")
-    return " ".join(models + [f"--trust {name}" for name, yes in trusted.items() if yes])
+    return " ".join(
+        models + [f"--trust {name}" for name, yes in trusted.items() if yes]
+    )
