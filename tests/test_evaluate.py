@@ -153,12 +153,14 @@ def test_seeds_spread_and_multilabel_auroc_through_the_cli(trained, tmp_path, mo
     from alta.evaluate import run
 
     root, pairs, images, extract = trained
-    small = {"batch_size": 4, "num_workers": 0, "log_every": 2, "warmup_epochs": 1, "schedule_epochs": 4,
-             "max_epochs": 2, "blr": 1e-2, "max_steps": 3, "val_max_rows": 4}
+    small = {"preset": "tiny", "batch_size": 4, "num_workers": 0, "log_every": 2, "warmup_epochs": 1,
+             "schedule_epochs": 4, "max_epochs": 2, "blr": 1e-2, "max_steps": 3, "val_max_rows": 4}  # as `trained`
     common = ["--pairs", str(pairs), "--images", str(images), "--extract-dir", str(extract),
               "--tokenizer", str(root / "tok")]
     assert align.main([*common, "--out", str(tmp_path / "align1"), "--mrm-weights",
                        str(root / "mrm" / "checkpoint.pt"), "--seed", "1", "--config-json", json.dumps(small)]) == 0
+    records = [json.loads(line) for line in (tmp_path / "align1" / "tracking.jsonl").read_text().splitlines()]
+    assert [r["payload"]["seed"] for r in records if r["kind"] == "params" and "seed" in r["payload"]] == [1]
     rng = np.random.default_rng(0)
     (tmp_path / "img").mkdir()
     rows = []
