@@ -178,6 +178,7 @@ def input_paths(cfg: dict) -> dict[str, str]:
     add("tokenizer.path", cfg["tokenizer"].get("path"))
     add("mrm.weights", cfg["mrm"].get("weights"))
     add("align.text_dir", cfg["align"].get("text_dir"))
+    add("mlflow.credentials_file", cfg.get("mlflow", {}).get("credentials_file"))
     ev = cfg["evaluate"]
     for k in ("official_alta", "chexpert_5x200", "chexpert_root", "convirt_root", "rsna_root", "rsna_test_list",
               "rsna_val_list", "multilabel_list", "multilabel_root", "multilabel_split_list"):
@@ -197,6 +198,16 @@ def check_paths(cfg: dict, base: Path | None = None) -> None:
         from alta import manifest as M
 
         missing += [f"config: data.manifest: {line}" for line in M.problems(base / manifest, need_reports=True)]
+    if not missing:
+        from alta import tracking
+
+        mlf = cfg.get("mlflow", {})
+        try:
+            tracking.check_uri(mlf.get("tracking_uri", ""))
+            if mlf.get("credentials_file"):
+                tracking.read_credentials(base / mlf["credentials_file"])
+        except tracking.CredentialsError as exc:
+            missing.append(f"config: {exc}")
     if missing:
         raise ConfigError("\n".join(missing))
 

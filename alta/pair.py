@@ -55,6 +55,10 @@ def write_outputs(result: PairResult, stats: dict, out_dir: str | Path, export_s
     if write_pairs:
         io.write_parquet(out / "pairs.parquet", result.pairs, schema=PAIRS_SCHEMA)
         written.append(out / "pairs.parquet")
+        no_png = int(result.pairs.loc[result.pairs["split"].isin(list(export_splits)), "cf_path"].isna().sum())
+        if no_png:  # extract --png none/sample: the store has every image, the inspection PNGs do not
+            log.warning("%d exported rows have no image file (cf_path null: extracted without --png all); their "
+                        "image_path is -1 in the reference CSV, which needs extract.png: all", no_png)
         for split in export_splits:
             dest = out / f"{split}.csv"
             io.write_text(dest, reference_csv(result.pairs, (split,), csv_prefix))

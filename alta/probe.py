@@ -115,7 +115,8 @@ def probe_model(name: str, ckpt: str, args, rows) -> dict:
                            special_ids=special_ids(tok)).eval()
     else:
         emb = Embedder.from_checkpoint(name, ckpt, tokenizer_dir=args.tokenizer, text_dir=args.text_dir,
-                                       mrm_options=json.loads(args.mrm_options), trust=name in (args.trust or []))
+                                       mrm_options=json.loads(args.mrm_options), trust=name in (args.trust or []),
+                                       mrm_preset=args.mrm_preset, mrm_overrides=json.loads(args.mrm_overrides))
         model, tok = emb.model, emb.tokenizer
     feats = features(model, rows, args.images, args.extract_dir, tok)
     out: dict = {"model": name, "checkpoint": ckpt, "n_studies": len(rows),

@@ -238,16 +238,46 @@ def equalize_hist_lut(hist: np.ndarray) -> np.ndarray:
     return np.clip(lut, 0, 255).astype(np.uint8)
 
 
+def _as_image(img: np.ndarray) -> Image.Image:
+    """A Pillow "L" image over the memory of a C-contiguous uint8 array (no copy; Pillow keeps it alive)."""
+    h, w = img.shape
+    return Image.frombuffer("L", (w, h), img, "raw", "L", 0, 1)
+
+
 def equalize_hist(img: np.ndarray) -> np.ndarray:
     """OpenCV ``equalizeHist`` on a uint8 image.
 
     The histogram comes from Pillow's C loop over a view of ``img`` (no copy; ~5x numpy's bincount) and the LUT is
-    applied with one uint8 gather into a fresh array: the Pillow ``point`` round trip cost two more full-size copies.
+    applied with one blocked uint8 gather (:func:`_take`). :func:`equalize_hist_image` is the same in Pillow.
     """
     img = np.ascontiguousarray(img, dtype=np.uint8)
-    h, w = img.shape
-    hist = Image.frombuffer("L", (w, h), img, "raw", "L", 0, 1).histogram()
-    return np.take(equalize_hist_lut(np.asarray(hist, dtype=np.int64)), img)
+    return _take(equalize_hist_lut(np.asarray(_as_image(img).histogram(), dtype=np.int64)), img)
+
+
+def equalize_hist_image(im: Image.Image) -> Image.Image:
+    """:func:`equalize_hist` on a Pillow "L" image, all in Pillow: ``Image.point`` is a byte-to-byte loop, about
+    4x faster than a numpy gather (which widens every uint8 index to 64 bits); the result stays a Pillow image,
+    because turning one back into a full-size numpy array costs more than the equalisation itself."""
+    return im.point(equalize_hist_lut(np.asarray(im.histogram(), dtype=np.int64)).tolist())
+
+
+_TAKE_BLOCK = 1 << 17  # index elements per block of :func:`_take` (1 MiB of intp indices: stays in cache)
+
+
+def _take(lut: np.ndarray, idx: np.ndarray) -> np.ndarray:
+    """``lut[idx]`` for a 2-D integer index array whose values all lie in ``[0, len(lut))``.
+
+    numpy widens a non-intp index array to intp before gathering: for a 3000x2500 uint16 image that is a 60 MB
+    temporary (page faults and an extra memory pass). Gathering row blocks keeps each widened block in cache and
+    halves the cost; ``mode="clip"`` skips the bounds check and buffering of ``mode="raise"`` (the indices are in
+    range by construction, so the result is identical).
+    """
+    idx = np.ascontiguousarray(idx)
+    out = np.empty(idx.shape, lut.dtype)
+    rows = max(1, _TAKE_BLOCK // max(1, idx.shape[1]))
+    for i in range(0, idx.shape[0], rows):
+        np.take(lut, idx[i:i + rows], out=out[i:i + rows], mode="clip")
+    return out
 
 
 def _minmax_trunc_lut(rng: int) -> np.ndarray:
@@ -257,32 +287,43 @@ def _minmax_trunc_lut(rng: int) -> np.ndarray:
 
 
 def render_mimic_jpg(arr: np.ndarray, monochrome1: bool, equalize: bool = True) -> np.ndarray:
+    """data.md §2.1 steps 1-4 (see :func:`_mimic_minmax`); a numpy array."""
+    x8 = _mimic_minmax(arr, monochrome1)
+    return equalize_hist(x8) if equalize else x8
+
+
+def _mimic_minmax(arr: np.ndarray, monochrome1: bool) -> np.ndarray:
     """data.md §2.1 steps 1-4 on raw stored values: min-max (truncating), invert iff MONOCHROME1, equalise.
 
     For integer input the per-pixel float64 arithmetic is evaluated once per distinct value and applied with one
     gather: identical results, 5-10x faster. Unsigned 8/16-bit input (nearly every radiograph) indexes a LUT over
     the raw values 0..max directly, so no full-size ``x - min`` array is allocated (on a 3000x2500 image each
-    avoided temporary is 15 MB of page faults and a memory pass).
+    avoided temporary is 15 MB of page faults and a memory pass); int16 input does the same after flipping the
+    sign bit. Both gathers (:func:`_take`, :func:`equalize_hist`) avoid widening the whole index array.
     """
     lo, hi = arr.min(), arr.max()
-    rng = hi - lo
     if arr.dtype.kind == "u" and arr.dtype.itemsize <= 2:
         lo, hi = int(lo), int(hi)
         part = _minmax_trunc_lut(hi - lo) if hi > lo else np.zeros(1, np.uint8)
         lut = np.zeros(hi + 1, np.uint8)  # entries below the minimum are never read
         lut[lo:] = 255 - part if monochrome1 else part
-        x8 = lut[arr]
-    elif arr.dtype.kind in "iu" and int(rng) < (1 << 20):
-        rng = int(rng)
-        d = np.subtract(arr, lo, dtype=np.int64 if arr.dtype.itemsize >= 4 else np.int32)
+        x8 = _take(lut, arr)
+    elif arr.dtype.kind in "iu" and int(hi) - int(lo) < (1 << 20):
+        rng = int(hi) - int(lo)  # Python ints: hi - lo of int16 scalars can overflow
         lut = _minmax_trunc_lut(rng) if rng > 0 else np.zeros(1, np.uint8)
-        x8 = (255 - lut if monochrome1 else lut)[d]
+        lut = 255 - lut if monochrome1 else lut
+        if arr.dtype == np.int16:  # v + 32768 as uint16 (flip the sign bit): a 2-byte index, no int32 temporary
+            x8 = _take(np.concatenate([np.zeros(int(lo) + 32768, np.uint8), lut]),
+                       arr.view(np.uint16) ^ np.uint16(0x8000))
+        else:
+            x8 = _take(lut, np.subtract(arr, lo, dtype=np.int64 if arr.dtype.itemsize >= 4 else np.int32))
     else:
+        rng = float(int(hi) - int(lo)) if arr.dtype.kind in "iu" else float(hi - lo)
         x = np.asarray(arr, np.float64) - float(lo)
-        x8 = ((x / float(rng)) * 255).astype(np.uint8) if rng > 0 else np.zeros(arr.shape, np.uint8)
+        x8 = ((x / rng) * 255).astype(np.uint8) if rng > 0 else np.zeros(arr.shape, np.uint8)
         if monochrome1:
             x8 = 255 - x8
-    return equalize_hist(x8) if equalize else x8
+    return x8
 
 
 def render_voi(arr: np.ndarray, ds, monochrome1: bool, equalize: bool = False) -> np.ndarray:
@@ -323,6 +364,14 @@ def render(arr: np.ndarray, ds, mode: str, info: PixelInfo, equalize_voi: bool =
     if mode == "reference_rsna":
         return render_reference_rsna(arr, mono1)
     raise ValueError(f"unknown render mode {mode!r}; expected one of {RENDER_MODES}")
+
+
+def render_image(arr: np.ndarray, ds, mode: str, info: PixelInfo, equalize_voi: bool = False) -> Image.Image:
+    """:func:`render` as a Pillow "L" image (the same pixels), for :func:`resize_short_side`: ``mimic_jpg``
+    equalises in Pillow (:func:`equalize_hist_image`) and no full-size array is copied between numpy and Pillow."""
+    if mode == "mimic_jpg":
+        return equalize_hist_image(_as_image(_mimic_minmax(arr, info.monochrome1 and not info.colour_converted)))
+    return _as_image(np.ascontiguousarray(render(arr, ds, mode, info, equalize_voi=equalize_voi), dtype=np.uint8))
 
 
 def read_raster(path: str | Path, colour: str = "luminance",
@@ -367,12 +416,17 @@ def read_raster(path: str | Path, colour: str = "luminance",
     return np.ascontiguousarray(img, dtype=np.uint8), ("jpg" if fmt in ("JPEG", "MPO") else "png"), info
 
 
-def resize_short_side(img: np.ndarray, size: int = 512) -> np.ndarray:
-    """Aspect-preserving resize of a uint8 image so that its shorter side is ``size`` (antialiased bicubic, after
-    an integer area reduction for large factors; rounded to uint8)."""
-    h, w = img.shape
+def resize_short_side(img: np.ndarray | Image.Image, size: int = 512) -> np.ndarray:
+    """Aspect-preserving resize of a uint8 image (array or Pillow "L" image) so that its shorter side is ``size``
+    (antialiased bicubic, after an integer area reduction for large factors; rounded to uint8)."""
+    if isinstance(img, Image.Image):
+        if img.mode != "L":
+            raise ValueError(f"resize_short_side needs an 'L' image, got mode {img.mode}")
+        pil, (w, h) = img, img.size
+    else:
+        pil, (h, w) = None, img.shape
     if min(h, w) == size:
-        return np.ascontiguousarray(img)
+        return np.array(pil) if pil is not None else np.ascontiguousarray(img)
     if h <= w:
         new_h, new_w = size, max(1, int(w * size / h + 0.5))
     else:
@@ -381,9 +435,9 @@ def resize_short_side(img: np.ndarray, size: int = 512) -> np.ndarray:
     # For reductions of 3x or more (full-size radiographs), reducing_gap=1.5 first box-averages by an integer factor
     # (the exact area mean), then filters the remaining >= 1.5x with bicubic: half the time of a 16-tap bicubic,
     # mean difference 0.3 grey levels on the JPEG 2000 fixture. Reductions below 3x are pure bicubic.
-    out = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8)).resize(
-        (new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=1.5)
-    return np.asarray(out)
+    if pil is None:
+        pil = Image.fromarray(np.ascontiguousarray(img, dtype=np.uint8))
+    return np.asarray(pil.resize((new_w, new_h), Image.Resampling.BICUBIC, reducing_gap=1.5))
 
 
 def _png_chunk(tag: bytes, data: bytes) -> bytes:

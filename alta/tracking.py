@@ -11,6 +11,13 @@ How runs are wired (architecture.md, MLflow):
 * Run standalone (``alta extract ...`` without Snakemake) a stage logs to ``MLFLOW_TRACKING_URI`` if set, else only
   locally.
 
+Authenticated servers (``mlflow server --app-name basic-auth``): the credentials come from MLflow's own sources,
+``MLFLOW_TRACKING_USERNAME``/``MLFLOW_TRACKING_PASSWORD`` in the environment or ``~/.mlflow/credentials``, or from
+the config's ``mlflow.credentials_file`` (an INI file in the same format, see :func:`read_credentials`). Only the
+file's *path* travels in the tracking context; its content is read by each process, put in the environment for
+the duration of each MLflow call (:class:`_AuthClient`) and never logged, recorded or passed to child processes.
+A tracking URI holding a user name or password is refused (:func:`check_uri`): it would land in logs and context.
+
 Outages never fail a stage: every record is first appended to ``<out_dir>/tracking.jsonl`` (the local copy), then
 sent to MLflow; the first failed call logs one warning saying how to replay the file (``alta tracking-sync``), and
 later calls go only to the local file. Only the MlflowClient API is used (no fluent global state), so that
@@ -19,13 +26,16 @@ training loops in several threads or ranks cannot cross-contaminate runs.
 
 from __future__ import annotations
 
+import configparser
 import contextlib
 import json
 import logging
 import math
 import os
 import subprocess
+import threading
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -71,10 +81,111 @@ def _server_rejected(exc: Exception) -> bool:
     return code in {"INVALID_PARAMETER_VALUE", "BAD_REQUEST", "RESOURCE_ALREADY_EXISTS"}
 
 
-def _client(uri: str):
+USERNAME_ENV, PASSWORD_ENV = "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"
+
+
+class CredentialsError(ValueError):
+    """A tracking URI with credentials in it, or an unusable credentials file (the message never holds a secret)."""
+
+
+def check_uri(uri: str) -> None:
+    """Refuse ``http://user:password@host`` URIs (the message does not repeat the URI)."""
+    parts = urllib.parse.urlsplit(uri or "")
+    if parts.username or parts.password:
+        raise CredentialsError("mlflow.tracking_uri: must not contain a user name or password (it would be written "
+                               "to logs and the tracking context); set MLFLOW_TRACKING_USERNAME/PASSWORD, "
+                               "~/.mlflow/credentials or mlflow.credentials_file instead")
+
+
+def safe_uri(uri: str | None) -> str:
+    """``uri`` with any user name/password replaced by ``***`` (for messages)."""
+    parts = urllib.parse.urlsplit(uri or "")
+    if not (parts.username or parts.password):
+        return str(uri)
+    host = parts.hostname or ""
+    return urllib.parse.urlunsplit(parts._replace(netloc="***@" + host + (f":{parts.port}" if parts.port else "")))
+
+
+def read_credentials(path: str | os.PathLike) -> tuple[str, str]:
+    """(username, password) from an INI file in MLflow's ``~/.mlflow/credentials`` format::
+
+        [mlflow]
+        mlflow_tracking_username = alta-pipeline
+        mlflow_tracking_password = ...
+
+    Errors name the file and the problem, never its content. A file other users can read draws a warning.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+        mode = p.stat().st_mode
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CredentialsError(f"{p}: cannot read the MLflow credentials file "
+                               f"({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+    parser = configparser.ConfigParser(interpolation=None)
+    try:
+        parser.read_string(text, source=str(p))
+    except configparser.Error:
+        # from None: configparser's messages quote the offending line, which may hold the password
+        raise CredentialsError(f"{p}: not an INI file (expected an [mlflow] section with "
+                               f"mlflow_tracking_username and mlflow_tracking_password)") from None
+    sec = parser["mlflow"] if parser.has_section("mlflow") else {}
+    user, password = (sec.get(USERNAME_ENV.lower(), "").strip(), sec.get(PASSWORD_ENV.lower(), "").strip())
+    if not user or not password:
+        raise CredentialsError(f"{p}: needs an [mlflow] section with mlflow_tracking_username and "
+                               f"mlflow_tracking_password")
+    if mode & 0o077:
+        log.warning("%s can be read by other users (mode %o); restrict it with chmod 600", p, mode & 0o777)
+    return user, password
+
+
+_ENV_LOCK = threading.RLock()
+
+
+class _AuthClient:
+    """An MlflowClient whose calls see the credentials in the environment, only while each call runs.
+
+    MLflow reads ``MLFLOW_TRACKING_USERNAME``/``PASSWORD`` at every request; setting them for the process would
+    hand them to every child (Snakemake jobs, sbatch exports) and to anything that dumps the environment.
+    """
+
+    def __init__(self, client, credentials: tuple[str, str]):
+        self._client, self._credentials = client, credentials
+
+    def __getattr__(self, name: str):
+        attr = getattr(self._client, name)
+        if not callable(attr):
+            return attr
+
+        def call(*args, **kwargs):
+            with _ENV_LOCK:
+                old = {k: os.environ.get(k) for k in (USERNAME_ENV, PASSWORD_ENV)}
+                os.environ[USERNAME_ENV], os.environ[PASSWORD_ENV] = self._credentials
+                try:
+                    return attr(*args, **kwargs)
+                finally:
+                    for k, v in old.items():
+                        if v is None:
+                            os.environ.pop(k, None)
+                        else:
+                            os.environ[k] = v
+
+        return call
+
+    def __repr__(self) -> str:  # never show the credentials
+        return f"_AuthClient({self._client!r})"
+
+
+def _client(uri: str, credentials_file: str | os.PathLike | None = None):
+    """An MlflowClient; with ``credentials_file`` (and no credentials in the environment, which win, as in
+    MLflow) one whose calls authenticate with the file's user and password."""
     from mlflow.tracking import MlflowClient
 
-    return MlflowClient(tracking_uri=uri)
+    check_uri(uri)
+    client = MlflowClient(tracking_uri=uri)
+    if credentials_file and not (os.environ.get(USERNAME_ENV) and os.environ.get(PASSWORD_ENV)):
+        return _AuthClient(client, read_credentials(credentials_file))
+    return client
 
 
 def _resolve_uri(uri: str, base: Path | None = None) -> str:
@@ -88,16 +199,23 @@ def _resolve_uri(uri: str, base: Path | None = None) -> str:
 
 
 def start_parent(context_file: str | os.PathLike, tracking_uri: str, experiment: str, run_name: str,
-                 params: dict | None = None, tags: dict | None = None) -> dict:
+                 params: dict | None = None, tags: dict | None = None,
+                 credentials_file: str | os.PathLike | None = None) -> dict:
     """Create the experiment (if absent) and a parent run; write the context file atomically; return the context.
 
     On any tracking error the context is written with ``parent_run_id: null`` and a warning is logged, so the
-    workflow still runs and stages log locally.
+    workflow still runs and stages log locally. A URI with credentials in it or an unusable ``credentials_file``
+    raises :class:`CredentialsError` (a configuration error, not an outage). The context keeps the file's path.
     """
     uri = _resolve_uri(tracking_uri)
-    ctx: dict[str, Any] = {"tracking_uri": uri, "experiment_id": None, "parent_run_id": None, "experiment": experiment}
+    check_uri(uri)
+    if credentials_file:
+        credentials_file = str(Path(credentials_file).resolve())
+        read_credentials(credentials_file)
+    ctx: dict[str, Any] = {"tracking_uri": uri, "experiment_id": None, "parent_run_id": None, "experiment": experiment,
+                           **({"credentials_file": credentials_file} if credentials_file else {})}
     try:
-        client = _client(uri)
+        client = _client(uri, credentials_file)
         exp = client.get_experiment_by_name(experiment)
         exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
         run = client.create_run(exp_id, run_name=run_name, tags={"alta.kind": "workflow",
@@ -106,7 +224,8 @@ def start_parent(context_file: str | os.PathLike, tracking_uri: str, experiment:
         if params:
             _log_params(client, run.info.run_id, params)
     except Exception as exc:  # noqa: BLE001 - an outage must not stop the workflow
-        log.warning("MLflow tracking unavailable at %s (%s); stages will log locally to tracking.jsonl", uri, exc)
+        log.warning("MLflow tracking unavailable at %s (%s); stages will log locally to tracking.jsonl",
+                    safe_uri(uri), exc)
     io.write_json(context_file, ctx)
     return ctx
 
@@ -116,7 +235,8 @@ def end_parent(context_file: str | os.PathLike, status: str = "FINISHED") -> Non
     try:
         ctx = json.loads(Path(context_file).read_text())
         if ctx.get("parent_run_id"):
-            _client(ctx["tracking_uri"]).set_terminated(ctx["parent_run_id"], status=status)
+            _client(ctx["tracking_uri"], ctx.get("credentials_file")).set_terminated(ctx["parent_run_id"],
+                                                                                    status=status)
     except Exception as exc:  # noqa: BLE001
         log.warning("could not close the MLflow parent run: %s", exc)
 
@@ -171,7 +291,7 @@ class StageRun:
         if not uri:
             return
         try:
-            client = _client(uri)
+            client = _client(uri, self.ctx.get("credentials_file"))
             exp_id = self.ctx.get("experiment_id")
             if exp_id is None:
                 name = self.ctx.get("experiment") or "alta"
@@ -183,7 +303,7 @@ class StageRun:
             self._client, self.run_id = client, run.info.run_id
         except Exception as exc:  # noqa: BLE001
             log.warning("MLflow tracking unavailable at %s (%s); logging locally to %s; replay it later with "
-                        "`alta tracking-sync %s`", uri, exc, self.local_file, self.local_file)
+                        "`alta tracking-sync %s`", safe_uri(uri), exc, self.local_file, self.local_file)
             self._warned = True
 
     # -- public API -------------------------------------------------------------------------------------------
@@ -222,7 +342,7 @@ class StageRun:
         if self.run_id is not None and self._client is None:
             # the server failed earlier: try once more so the run does not stay RUNNING if it is back
             try:
-                self._client = _client(self.ctx["tracking_uri"])
+                self._client = _client(self.ctx["tracking_uri"], self.ctx.get("credentials_file"))
             except Exception:  # noqa: BLE001
                 return
         if self._client is not None:
@@ -270,9 +390,10 @@ def stage_run(stage: str, params: dict | None, out_dir: str | os.PathLike,
     run._close("FINISHED")
 
 
-def sync(local_file: str | os.PathLike, tracking_uri: str, experiment: str = "alta") -> str:
+def sync(local_file: str | os.PathLike, tracking_uri: str, experiment: str = "alta",
+         credentials_file: str | os.PathLike | None = None) -> str:
     """Replay a ``tracking.jsonl`` written during an outage into a new run; return the new run id."""
-    client = _client(_resolve_uri(tracking_uri))
+    client = _client(_resolve_uri(tracking_uri), credentials_file)
     exp = client.get_experiment_by_name(experiment)
     exp_id = exp.experiment_id if exp is not None else client.create_experiment(experiment)
     records = [json.loads(line) for line in Path(local_file).read_text().splitlines() if line.strip()]

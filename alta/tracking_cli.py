@@ -19,10 +19,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--tracking-uri", default=os.environ.get("MLFLOW_TRACKING_URI"), required=False,
                     help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI)")
     ap.add_argument("--experiment", default="alta")
+    ap.add_argument("--credentials-file", default=None,
+                    help="INI file with the server's login ([mlflow] mlflow_tracking_username/password); default: "
+                         "MLFLOW_TRACKING_USERNAME/PASSWORD or ~/.mlflow/credentials")
     args = ap.parse_args(argv)
     if not args.tracking_uri:
         ap.error("--tracking-uri is required (or set MLFLOW_TRACKING_URI)")
-    run_id = tracking.sync(args.jsonl, args.tracking_uri, args.experiment)
+    try:
+        run_id = tracking.sync(args.jsonl, args.tracking_uri, args.experiment, args.credentials_file)
+    except tracking.CredentialsError as exc:
+        ap.error(str(exc))
     print(run_id)
     return 0
 

@@ -109,6 +109,19 @@ def write_outputs(out_dir: Path, result: dict) -> None:
         md += [f"| {t['name']} | {common.fmt_value(t['value'])} | {t['target']} | {'yes' if t['met'] else 'no'} |"
                for t in result["targets"]]
         md.append("")
+    est = result["sections"].get("extraction", {}).get("mimic_estimate")
+    if est:
+        md += ["## MIMIC-CXR extraction estimate", "",
+               f"{est['n_images']:,} DICOMs (3000x2500 16-bit, ~15 MB each) at {est['per_core_images_per_s']:.1f} "
+               f"images/s per core (`large_16bit`, store only: the default `--png sample` writes 500 PNGs per shard) "
+               f"x {est['efficiency']:.2f} worker efficiency (measured 1 -> 2 workers) x {est['cores_per_shard']} "
+               f"cores per `extract_shard` job (`profiles/slurm/config.yaml`) = {est['shard_images_per_s']:,.0f} "
+               f"images/s per shard; {est['shards']} shards (p10-p19) at once: {est['total_images_per_s']:,.0f} "
+               f"images/s, **{est['hours']:.2f} h ({est['hours'] * 60:.0f} min)** of CPU-bound wall time "
+               f"({est['shard_hours'] * 60:.0f} min per shard job; the worker efficiency was measured on this "
+               f"shared machine, so it may be low). That rate reads {est['read_mb_per_s_per_shard']:,.0f} MB/s per shard "
+               f"({est['read_mb_per_s_total']:,.0f} MB/s in all): where the filesystem delivers less, reading "
+               f"sets the time (hours = 377,110 x 15 MB / bandwidth).", ""]
     if result["errors"]:
         md += ["## Errors", ""] + [f"- {k}: {v}" for k, v in result["errors"].items()] + [""]
     io.write_text(out_dir / "results.md", "\n".join(md))

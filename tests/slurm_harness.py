@@ -8,23 +8,31 @@ Contract:
   until ``sinfo`` reports the node idle. It returns a :class:`SlurmCluster` whose ``env`` (``SLURM_CONF`` set)
   makes ``sbatch``/``squeue``/``scancel`` and Snakemake's Slurm executor talk to this cluster only.
 * :func:`start_mlflow_server(root)` starts ``python -m mlflow server`` (sqlite backend, proxied artifact store) on a
-  free port and waits for ``/health``; it returns an :class:`MlflowServer` with its ``url``.
+  free port and waits for ``/health``; it returns an :class:`MlflowServer` with its ``url``. With ``auth=True`` it
+  runs MLflow's basic-auth app (``--app-name basic-auth``, the README's server recipe): a generated auth config
+  (``default_permission = NO_PERMISSIONS``, users in ``root/basic_auth.db``), a random admin password and Flask
+  secret; :meth:`MlflowServer.create_user` adds a user through the admin REST API.
 * Both raise :class:`Unavailable` (with the daemon log tails in the message) when the machine cannot host them:
   not root, binaries missing, or daemons not up within the timeout. Tests turn that into ``pytest.skip``.
 * ``stop()`` ends only the processes this module started (by pid), politely first.
 
-The node is CPU-only (no GRES): training stages run their torchrun workers as CPU processes with gloo.
+The node is CPU-only (no GRES): training stages run their torchrun workers, or srun tasks, as CPU processes with
+gloo.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import os
+import secrets
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -313,6 +321,31 @@ class MlflowServer:
     url: str
     proc: subprocess.Popen
     log: Path
+    admin: tuple[str, str] | None = None  # (user, password) of the auth app's admin; None without auth
+
+    def request(self, method: str, path: str, body: dict | None = None,
+                auth: tuple[str, str] | None = None) -> tuple[int, dict | str]:
+        """(HTTP status, decoded body) of one REST call, with optional basic auth; HTTP errors are returned."""
+        req = urllib.request.Request(f"{self.url}{path}", method=method,
+                                     data=None if body is None else json.dumps(body).encode())
+        req.add_header("Content-Type", "application/json")
+        if auth:
+            req.add_header("Authorization", "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode())
+        try:
+            with urllib.request.urlopen(req, timeout=30) as r:
+                status, raw = r.status, r.read()
+        except urllib.error.HTTPError as exc:
+            status, raw = exc.code, exc.read()
+        try:
+            return status, json.loads(raw)
+        except ValueError:
+            return status, raw.decode(errors="replace")
+
+    def create_user(self, username: str, password: str) -> None:
+        status, body = self.request("POST", "/api/2.0/mlflow/users/create",
+                                    {"username": username, "password": password}, auth=self.admin)
+        if status != 200:
+            raise RuntimeError(f"creating user {username} failed: HTTP {status}")
 
     def stop(self) -> None:
         # uvicorn runs workers as children of this process group's leader; end the group we created.
@@ -325,8 +358,11 @@ class MlflowServer:
                 self.proc.wait(5)
 
 
-def start_mlflow_server(root: Path, timeout: float = 90) -> MlflowServer:
-    """``mlflow server`` with a sqlite backend and proxied artifacts under ``root``, waiting for ``/health``."""
+def start_mlflow_server(root: Path, timeout: float = 90, auth: bool = False) -> MlflowServer:
+    """``mlflow server`` with a sqlite backend and proxied artifacts under ``root``, waiting for ``/health``.
+
+    ``auth``: the basic-auth app, listening on 127.0.0.1 only, with a random admin password (``server.admin``).
+    """
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     port = free_port()
@@ -334,9 +370,27 @@ def start_mlflow_server(root: Path, timeout: float = 90) -> MlflowServer:
     cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
            "--serve-artifacts", "--artifacts-destination", str(root / "artifacts"),
            "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    # no GenAI job runner (background workers that only slow a small test machine down)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    admin = None
+    if auth:
+        admin = ("admin", secrets.token_urlsafe(16))
+        ini = root / "basic_auth.ini"
+        ini.write_text(f"""[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = sqlite:///{root / 'basic_auth.db'}
+admin_username = {admin[0]}
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+# a verified login is trusted for 60 s instead of hashing the password again on every request
+auth_cache_ttl_seconds = 60
+""")
+        os.chmod(ini, 0o600)
+        env.update(MLFLOW_AUTH_CONFIG_PATH=str(ini), MLFLOW_AUTH_ADMIN_PASSWORD=admin[1],
+                   MLFLOW_FLASK_SERVER_SECRET_KEY=secrets.token_hex(16))
+        cmd += ["--app-name", "basic-auth"]
     with open(log, "ab") as fh:
-        proc = subprocess.Popen(cmd, stdout=fh, stderr=fh, start_new_session=True)
-    server = MlflowServer(url=f"http://127.0.0.1:{port}", proc=proc, log=log)
+        proc = subprocess.Popen(cmd, stdout=fh, stderr=fh, start_new_session=True, env=env)
+    server = MlflowServer(url=f"http://127.0.0.1:{port}", proc=proc, log=log, admin=admin)
 
     def healthy() -> bool:
         if proc.poll() is not None:

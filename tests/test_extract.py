@@ -236,3 +236,53 @@ def test_manifest_covid_chestxray(tmp_path):
     png = np.asarray(Image.open(out / r.png_path))
     assert np.array_equal(store.read_image(store.open_store(out / r.store_file), r.store_offset, r.height, r.width),
                           png)
+
+
+def test_png_choice_none_sample_all(mimic_tree, extracted, tmp_path):
+    """--png none/sample/all changes only which inspection PNGs exist (png_path null otherwise): the store, the
+    tables' other columns and the rejects are identical; a sample is the smallest crc32(image_id)s, any workers."""
+    root, _ = mimic_tree
+    ref = io.read_parquet(extracted / "images.parquet")  # default --png sample of 500: every image of this tree
+    assert ref["png_path"].notna().all()
+    outs = {}
+    for name, args, workers in (("none", ["--png", "none"], 1), ("sample2", ["--png", "sample", "--png-sample", "2"], 2),
+                                ("all", ["--png", "all"], 1)):
+        out = outs[name] = tmp_path / name
+        assert extract.main(["shard", "--source", "mimic", "--root", str(root), "--shard", "p10", "--out", str(out),
+                             "--size", str(SIZE), "--workers", str(workers), *args]) == 0
+    ref10 = io.read_parquet(extracted / "shards" / "p10" / "images.parquet")
+    # the p10 shard's candidates: its inputs not rejected before reading (here every kept image is also a candidate)
+    cand = {t.image_id for t in extract.shard_tasks("mimic", root, "p10") if t.reject is None}
+    expect_sample = set(sorted(cand, key=lambda i: (zlib.crc32(i.encode()), i))[:2]) & set(ref10["image_id"])
+    for name, out in outs.items():
+        d = out / "shards" / "p10"
+        img = io.read_parquet(d / "images.parquet")
+        assert (d / "store.u8").read_bytes() == (extracted / "shards" / "p10" / "store.u8").read_bytes(), name
+        assert img.drop(columns="png_path").equals(ref10.drop(columns="png_path")), name
+        assert io.read_parquet(d / "rejects.parquet").equals(io.read_parquet(extracted / "shards/p10/rejects.parquet"))
+        with_png = set(img.loc[img["png_path"].notna(), "image_id"])
+        files = sorted((out / "png").rglob("*.png")) if (out / "png").is_dir() else []
+        want = {"none": set(), "sample2": expect_sample, "all": set(img["image_id"])}[name]
+        assert with_png == want and len(files) == len(want), name
+        stats = json.loads((d / "shard_stats.json").read_text())
+        assert stats["n_png"] == len(want)
+        assert {"setup", "wait_workers", "store_append", "rows", "store_publish", "tables"} <= set(stats["parent_s"])
+        mm = store.open_store(d / "store.u8")
+        for r in img[img["png_path"].notna()].itertuples():
+            assert np.array_equal(np.asarray(Image.open(out / r.png_path)),
+                                  store.read_image(mm, r.store_offset, r.height, r.width))
+    assert extract.main(["shard", "--source", "mimic", "--root", str(root), "--shard", "p10", "--out",
+                         str(tmp_path / "bad"), "--png-sample", "-1"]) == 2
+
+
+def test_png_sample_ids_rule():
+    from alta.extract_inputs import Task
+
+    tasks = [Task(path=f"{i}", source_path=f"{i}", image_id=f"id{i}", subject_id="1", study_id="2", shard="m00",
+                  kind="dicom", reject=("missing_file", "x") if i == 3 else None) for i in range(20)]
+    assert extract.png_sample_ids(tasks, "all") is None
+    assert extract.png_sample_ids(tasks, "none") == frozenset() == extract.png_sample_ids(tasks, "sample", 0)
+    five = extract.png_sample_ids(tasks, "sample", 5)
+    ok = sorted((t.image_id for t in tasks if t.reject is None), key=lambda i: zlib.crc32(i.encode()))
+    assert five == frozenset(ok[:5]) and "id3" not in extract.png_sample_ids(tasks, "sample", 100)
+    assert extract.png_sample_ids(list(reversed(tasks)), "sample", 5) == five  # order does not matter

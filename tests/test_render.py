@@ -356,3 +356,45 @@ def test_header_row_whitelist_only():
     assert row["ViewPosition"] == "PA" and row["StudyTime"] == "80556.875" and row["StudyDate"] == "21800506"
     assert row["ViewCodeSequence_CodeMeaning"] == "postero-anterior" and row["pixel_spacing_mm"] == 0.139
     assert row["PerformedProcedureStepDescription"] is None  # > 100 characters are skipped
+
+
+def _real_or_synthetic_datasets():
+    out = []
+    for name in ("nih-cxr14_sample.dcm", "siim_sample.dcm", "wg04_RG1_J2KI.dcm"):
+        if (SHARED / "dicom" / name).is_file():
+            out.append(pydicom.dcmread(SHARED / "dicom" / name))
+    rng = np.random.default_rng(7)
+    big = np.clip(rng.normal(30000, 9000, (700, 560)), 0, 65535).astype(np.uint16)
+    out.append(roundtrip(make_dataset(big, "MONOCHROME1", WindowCenter=30000, WindowWidth=20000)))
+    out.append(roundtrip(make_dataset(ramp_image((300, 420), 12, 3), bits_stored=12)))
+    return out
+
+
+@pytest.mark.parametrize("mode", render.RENDER_MODES)
+def test_render_image_is_render(mode):
+    """The stage's Pillow path (render_image -> resize) gives the bytes of render() -> resize, in every mode."""
+    for ds in _real_or_synthetic_datasets():
+        arr, info = render.decode_pixels(ds)
+        ref = render.render(arr, ds, mode, info)
+        im = render.render_image(arr, ds, mode, info)
+        assert im.mode == "L" and np.array_equal(np.asarray(im), ref)
+        assert np.array_equal(render.resize_short_side(im, 64), render.resize_short_side(ref, 64))
+    with pytest.raises(ValueError, match="'L' image"):
+        render.resize_short_side(Image.new("RGB", (80, 80)), 32)
+
+
+def test_blocked_gather_and_int16_minmax():
+    """_take equals fancy indexing for any block split; signed 16-bit input (wide ranges that overflowed int16
+    arithmetic) renders as the float64 formula of data.md §2.1."""
+    rng = np.random.default_rng(3)
+    lut = rng.integers(0, 256, 5000).astype(np.uint8)
+    for shape in ((1, 7), (3, 1), (700, 333), (2, 200_000)):
+        idx = rng.integers(0, 5000, shape).astype(np.uint16)
+        assert np.array_equal(render._take(lut, idx), lut[idx])
+    raw = np.concatenate([rng.integers(-32768, 32768, 3998), [-32768, 32767]]).reshape(50, 80).astype(np.int16)
+    for mono1 in (False, True):
+        x = (raw.astype(np.float64) - raw.min()) / (float(raw.max()) - float(raw.min())) * 255
+        want = x.astype(np.uint8)
+        want = 255 - want if mono1 else want
+        assert np.array_equal(render.render_mimic_jpg(raw, mono1, equalize=False), want)
+        assert np.array_equal(render.render_mimic_jpg(raw, mono1), render.equalize_hist(want))

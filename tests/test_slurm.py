@@ -1,20 +1,28 @@
 """The demo workflow through `snakemake --profile slurm` on a real one-node Slurm cluster with a real MLflow server.
 
 What runs: tests/slurm_harness.py starts munged + slurmctld + slurmd on localhost (no accounting, CPU-only node) and
-`mlflow server`; Snakemake submits every rule with sbatch through the repository's Slurm profile.
+`mlflow server` with MLflow's basic-auth app (127.0.0.1 only); Snakemake submits every rule with sbatch through
+the repository's Slurm profile. The jobs log in as a pipeline user whose login is in a credentials file named by the
+config (`mlflow.credentials_file`).
 
 The README command is `snakemake --profile slurm all` from the repository root, where the `slurm` link resolves to
 profiles/slurm. A test cannot write results into the repository, so it runs the same profile, Snakefile and target
 with an explicit working directory and config file:
 `snakemake all --profile <repo>/profiles/slurm --profile <work>/node-profile -s <repo>/Snakefile -d <work>`.
 The second profile holds only what this GPU-less 2-core node needs (the per-rule resources without `gpu`, with
-memory and cores that fit); every other setting (executor, squeue status, log folder, retries) is the real profile's.
+memory and cores that fit) and asks for `align` the way a multi-node job does, by resources only: `mpi: srun`,
+`nodes`, `tasks_per_node: 2`, so srun starts its 2 ranks (gloo on CPU; one node here, as this machine can host one
+slurmd); `mrm` keeps the default torchrun launcher. Every other setting (executor, squeue status, log folder,
+retries) is the real profile's.
 
 While the workflow runs, the `align` job is preempted the way Slurm does it (`scancel --signal=TERM`, delivered to
 every process of the job step) right after its first checkpoint; the profile's retries resubmit it and training
 resumes from `last.pt`. The same run then proves: every rule ran as a Slurm job, the data stages' outputs are
-byte-identical to a local `snakemake --cores 2 data` run of the same config, and all child runs sit under one parent
-run on the tracking server, each tagged with its Slurm job id.
+byte-identical to a local `snakemake --cores 2 data` run of the same config, all child runs sit under one parent
+run on the tracking server, each tagged with its Slurm job id, the srun-launched (and preempted) `align` ends with
+the same weights, bit for bit, as an uninterrupted local 2-process torchrun `align` on the same inputs, the server
+refuses requests without a valid login, and neither the password nor the user name appears in any file the
+workflow wrote, in the server's artifact store or in any run's parameters and tags.
 
 Skipped, never failed, when the machine cannot host the cluster (not root, slurm-wlm/munge missing, daemons down).
 """
@@ -23,6 +31,8 @@ from __future__ import annotations
 
 import json
 import re
+import secrets
+import shutil
 import subprocess
 import sys
 import time
@@ -53,6 +63,10 @@ RULES = ["demo_data", "extract_shard", "extract_merge", "sections", "pair", "tok
 TRAIN = {"nproc": 2, "threads": 1}
 ALIGN = {**TRAIN, "max_steps": 16, "ckpt_every": 1000, "log_every": 2}
 PREEMPT_RULE = "align"
+# the rule launched as Slurm tasks (srun) instead of torchrun, through profile resources only
+SRUN_RULE = "align"
+SRUN_TASKS = 2
+PIPELINE_USER = "alta-ci-pipeline"
 
 
 # ---------------------------------------------------------------------------------------------- helpers ---------
@@ -67,6 +81,8 @@ def node_profile(work: Path, cluster: harness.SlurmCluster) -> Path:
         set_res[rule] = res
     for rule in ("mrm", "align"):
         set_res.setdefault(rule, {}).update(cpus_per_task=min(TRAIN["nproc"], cluster.cpus), mem_mb=3000)
+    # the multi-node recipe of profiles/slurm/config.yaml, on one node: srun tasks, one CPU (one thread) each
+    set_res[SRUN_RULE].update(mpi="srun", nodes=1, tasks_per_node=SRUN_TASKS, cpus_per_task=TRAIN["threads"])
     # one core per extraction shard, so that two shards run side by side on the node
     set_res.setdefault("extract_shard", {})["cpus_per_task"] = 1
     overlay = {
@@ -135,17 +151,17 @@ def preempt_mid_training(work: Path, cluster: harness.SlurmCluster, proc: subpro
     return {}
 
 
-def server_runs(url: str, experiment: str) -> list[dict]:
-    """All runs of ``experiment`` on the tracking server, read over its REST API."""
+def server_runs(server: harness.MlflowServer, experiment: str, auth: tuple[str, str]) -> list[dict]:
+    """All runs of ``experiment`` on the tracking server, read over its REST API with ``auth``."""
     def get(path: str) -> dict:
-        with urllib.request.urlopen(f"{url}/api/2.0/mlflow/{path}", timeout=30) as r:
-            return json.loads(r.read())
+        status, body = server.request("GET", f"/api/2.0/mlflow/{path}", auth=auth)
+        assert status == 200, (path, status, body)
+        return body
 
     def post(path: str, body: dict) -> dict:
-        req = urllib.request.Request(f"{url}/api/2.0/mlflow/{path}", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return json.loads(r.read())
+        status, out = server.request("POST", f"/api/2.0/mlflow/{path}", body, auth=auth)
+        assert status == 200, (path, status, out)
+        return out
 
     exp_id = get("experiments/get-by-name?" + urllib.parse.urlencode({"experiment_name": experiment}))
     runs, token = [], None
@@ -176,7 +192,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def mlflow_server(tmp_path_factory):
     try:
-        s = harness.start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"))
+        s = harness.start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), auth=True)
     except harness.Unavailable as exc:
         pytest.skip(f"cannot start an MLflow server: {exc}")
     yield s
@@ -184,11 +200,23 @@ def mlflow_server(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory, cluster, mlflow_server, mlflow_uri):
+def pipeline_login(tmp_path_factory, mlflow_server):
+    """The jobs' user on the server and its credentials file (outside the working directory, mode 600)."""
+    login = (PIPELINE_USER, secrets.token_urlsafe(18))
+    mlflow_server.create_user(*login)
+    path = tmp_path_factory.mktemp("credentials") / "mlflow-credentials.ini"
+    path.write_text(f"[mlflow]\nmlflow_tracking_username = {login[0]}\nmlflow_tracking_password = {login[1]}\n")
+    path.chmod(0o600)
+    return {"user": login[0], "password": login[1], "file": path}
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, cluster, mlflow_server, mlflow_uri, pipeline_login):
     """The Slurm run of TARGET (with `align` preempted once) and, alongside it, a local run of `data`."""
     work = tmp_path_factory.mktemp("slurm-work")
     local = tmp_path_factory.mktemp("local-work")
-    demo_config(work, mlflow_server.url, mrm=TRAIN, align=ALIGN)
+    demo_config(work, mlflow_server.url, mrm=TRAIN, align=ALIGN,
+                mlflow={"credentials_file": str(pipeline_login["file"])})
     demo_config(local, mlflow_uri, mrm=TRAIN, align=ALIGN)
     env = {**cluster.env, "PYTHONUNBUFFERED": "1"}
     t0 = time.monotonic()
@@ -279,9 +307,9 @@ def test_data_outputs_identical_to_a_local_run(runs):
         assert len(pd.read_parquet(a)) > 0
 
 
-def test_child_runs_under_one_parent_with_slurm_job_ids(runs, mlflow_server):
+def test_child_runs_under_one_parent_with_slurm_job_ids(runs, mlflow_server, pipeline_login):
     work = runs["work"]
-    all_runs = server_runs(mlflow_server.url, f"test-{work.name}")
+    all_runs = server_runs(mlflow_server, f"test-{work.name}", (pipeline_login["user"], pipeline_login["password"]))
     parents = [r for r in all_runs if tags(r).get("alta.kind") == "workflow"]
     assert len(parents) == 1, [tags(r) for r in parents]
     parent = parents[0]["info"]["run_id"]
@@ -306,3 +334,83 @@ def test_child_runs_under_one_parent_with_slurm_job_ids(runs, mlflow_server):
     for stage, found in by_stage.items():
         for jobid, name, status in found:
             assert status == ("FAILED" if jobid == preempted else "FINISHED"), (stage, name, jobid, status)
+
+
+def test_srun_ranks_end_with_the_weights_of_a_torchrun_run(runs, mlflow_server, pipeline_login):
+    """align ran as SRUN_TASKS srun ranks (and was preempted and resumed); an uninterrupted local torchrun align with
+    the same processes, global batch, seed and inputs ends with bitwise the same weights."""
+    work = runs["work"]
+    login = (pipeline_login["user"], pipeline_login["password"])
+    launchers = {}
+    for r in server_runs(mlflow_server, f"test-{work.name}", login):
+        p = {x["key"]: x["value"] for x in r["data"].get("params", [])}
+        if "launcher" in p:
+            launchers.setdefault(tags(r)["alta.stage"], set()).add((p["launcher"], p["world_size"]))
+    assert launchers["mrm"] == {("torchrun", str(TRAIN["nproc"]))}, launchers
+    assert launchers[SRUN_RULE] == {("srun", str(SRUN_TASKS))}, launchers  # both attempts
+
+    # The reference: the same working directory (inputs, config, Snakemake metadata) without the srun rule's
+    # outputs, run locally, where the rule launches torchrun --standalone --nproc_per_node=nproc.
+    ref = work.parent / f"{work.name}-torchrun"
+    shutil.copytree(work, ref, symlinks=True,
+                    ignore=shutil.ignore_patterns("node-profile", ".snakemake/locks", ".snakemake/incomplete"))
+    shutil.rmtree(ref / "results" / SRUN_RULE)
+    shutil.rmtree(ref / "logs" / SRUN_RULE)
+    cfg = yaml.safe_load((ref / "config.yaml").read_text())
+    cfg["mlflow"].update(tracking_uri=f"sqlite:///{ref / 'mlflow.db'}", credentials_file=None)
+    (ref / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = subprocess.run(snakemake_cmd(ref, f"results/{SRUN_RULE}/checkpoint.pt", "--cores", "2"), cwd=ref,
+                         capture_output=True, text=True, timeout=900)
+    assert out.returncode == 0, out.stderr[-6000:] + all_logs(ref)
+    ran = re.findall(r"^(?:local)?rule (\w+):", out.stderr, re.M)
+    assert ran == [SRUN_RULE], ran  # nothing upstream was rerun: same inputs
+    log = (ref / "logs" / SRUN_RULE / f"{SRUN_RULE}.log").read_text(errors="replace")
+    assert f"rank 0/{SRUN_TASKS} (torchrun)" in log and "resumed from" not in log
+
+    a = torch.load(work / "results" / SRUN_RULE / "checkpoint.pt", map_location="cpu", weights_only=False)
+    b = torch.load(ref / "results" / SRUN_RULE / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert a["step"] == b["step"] == ALIGN["max_steps"]
+    assert a["world_size"] == b["world_size"] == SRUN_TASKS
+    assert a["model"].keys() == b["model"].keys()
+    differ = [k for k in a["model"] if not torch.equal(a["model"][k], b["model"][k])]
+    assert not differ, f"{len(differ)} of {len(a['model'])} tensors differ, e.g. {differ[:5]}"
+
+
+def test_server_refuses_requests_without_a_valid_login(runs, mlflow_server, pipeline_login):
+    search = ("POST", "/api/2.0/mlflow/experiments/search", {"max_results": 10})
+    status, _ = mlflow_server.request(*search)
+    assert status == 401
+    status, _ = mlflow_server.request(*search, auth=(pipeline_login["user"], "wrong-" + pipeline_login["password"]))
+    assert status == 401
+    status, _ = mlflow_server.request("GET", "/api/2.0/mlflow/experiments/get-by-name?experiment_name="
+                                      + urllib.parse.quote(f"test-{runs['work'].name}"))
+    assert status == 401
+    status, body = mlflow_server.request(*search, auth=(pipeline_login["user"], pipeline_login["password"]))
+    assert status == 200 and any(e["name"] == f"test-{runs['work'].name}" for e in body["experiments"]), body
+
+
+def test_no_credential_in_any_output(runs, cluster, mlflow_server, pipeline_login):
+    work = runs["work"]
+    secrets_ = {"pipeline password": pipeline_login["password"], "admin password": mlflow_server.admin[1],
+                "pipeline user": pipeline_login["user"]}
+    server_root = mlflow_server.log.parent
+    # every file the workflow wrote (results, logs, Slurm logs, Snakemake's metadata, its output), the Slurm
+    # daemons' logs and state, and the server's artifact store
+    files = [p for p in work.rglob("*") if p.is_file()] + [p for p in cluster.root.rglob("*") if p.is_file()
+                                                           and "munge" not in p.parts]
+    files += [p for p in (server_root / "artifacts").rglob("*") if p.is_file()]
+    assert len(files) > 100 and any(p.suffix == ".log" for p in files)
+    assert any((server_root / "artifacts").rglob("*.json")), "no artifact reached the server"
+    for p in files:
+        data = p.read_bytes()
+        for what, value in secrets_.items():
+            assert value.encode() not in data, f"{what} found in {p}"
+    # every parameter and tag of every run on the server (read as the admin)
+    everything = server_runs(mlflow_server, f"test-{work.name}", mlflow_server.admin)
+    assert everything
+    text = json.dumps([r["data"] for r in everything])
+    for what in ("pipeline password", "admin password"):
+        assert secrets_[what] not in text, f"{what} found in a run's params/tags/metrics"
+    # the context file jobs read holds the credentials file's path only
+    ctx = json.loads((work / "results" / "mlflow" / "context.json").read_text())
+    assert ctx["credentials_file"] == str(pipeline_login["file"])

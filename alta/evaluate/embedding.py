@@ -64,11 +64,14 @@ class Embedder:
     @classmethod
     def from_checkpoint(cls, kind: str, path: str, tokenizer_dir: str, text_dir: str | None = None,
                         batch_size: int = 64, device: str = "cpu", mrm_options: dict | None = None,
-                        trust: bool = False) -> "Embedder":
+                        trust: bool = False, mrm_preset: str | None = None,
+                        mrm_overrides: dict | None = None) -> "Embedder":
         """Build the ALTA architecture for ``kind`` (align / mrm / official) and load ``path`` into it.
 
         ``mrm_options`` (kind ``mrm`` only): ALTA options laid over the MRM checkpoint's own, normally the align
         stage's ``model_options``, so that the baseline embeds the same features (pooling) as the aligned model.
+        ``mrm_preset`` / ``mrm_overrides`` (kind ``mrm``): the geometry of an MRM file that records none (a released
+        MRM.pth), normally the align stage's, so that the baseline is the aligned model's architecture.
         ``trust``: the user's opt-in to unpickle a file that holds more than weights (``read_checkpoint``)."""
         from alta.models import build_alta, load_checkpoint
         from alta.models.checkpoints import extract_state_dict, read_checkpoint
@@ -78,13 +81,15 @@ class Embedder:
         obj = read_checkpoint(path, trust=trust)
         meta = obj if isinstance(obj, dict) else {}
         args = meta.get("args") if isinstance(meta.get("args"), dict) else {}
-        preset = meta.get("preset") or "vit_base"
+        preset = meta.get("preset") or (mrm_preset if kind == "mrm" else None) or "vit_base"
         mode = meta.get("mode") or ("faithful" if kind == "official" else "recommended")
         common = dict(preset=preset, mode=mode, tokenizer=tok, vocab_size=len(tok), special_ids=special_ids(tok),
                       overrides=args.get("model_overrides") or None, options=args.get("model_options") or None)
         torch.manual_seed(0)  # untrained heads of the `mrm` baseline are the same in every run
         if kind == "mrm":
             common["options"] = {**(common["options"] or {}), **(mrm_options or {})} or None
+            if not meta.get("preset"):
+                common["overrides"] = {**(common["overrides"] or {}), **(mrm_overrides or {})} or None
             model = build_alta(**common, text_dir=text_dir, mrm_checkpoint=extract_state_dict(obj))
         elif kind in ("align", "official"):
             model = build_alta(**common)

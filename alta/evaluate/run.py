@@ -276,7 +276,8 @@ def log_spread(spread: dict, out: Path, cfg: dict) -> None:
 def evaluate_model(label: str, spec: tuple[str, int | None, str], args, cfg: dict) -> dict[str, dict]:
     name, seed, ckpt = spec
     emb = Embedder.from_checkpoint(name, ckpt, tokenizer_dir=args.tokenizer, text_dir=args.text_dir,
-                                   mrm_options=json.loads(args.mrm_options),
+                                   mrm_options=json.loads(args.mrm_options), mrm_preset=args.mrm_preset,
+                                   mrm_overrides=json.loads(args.mrm_overrides),
                                    batch_size=cfg.get("batch_size", 64), trust=name in (args.trust or []))
     results: dict[str, dict] = {}
     status = benchmarks_to_run(cfg)
@@ -336,6 +337,10 @@ def add_model_inputs(ap: argparse.ArgumentParser, model_help: str) -> None:
     ap.add_argument("--text-dir", default=None,
                     help="local CXR-BERT directory or the text_pretrain model (the text tower of models built from "
                          "MRM weights; as align.text_dir)")
+    ap.add_argument("--mrm-preset", default=None,
+                    help="preset of an MRM file that records none (a released MRM.pth): the align stage's")
+    ap.add_argument("--mrm-overrides", default="{}",
+                    help="JSON preset overrides for such a file (the align stage's model_overrides)")
     ap.add_argument("--trust", action="append", metavar="NAME",
                     help="load model NAME's file with full unpickling (only a file you trust; default: weights only)")
     ap.add_argument("--mrm-options", default="{}",

@@ -39,6 +39,7 @@ def start_tracking(cfg):
         cfg["mlflow"]["experiment"],
         run_name="snakemake " + " ".join(sys.argv[1:])[:200],
         params={k: cfg[k] for k in cfg if k != "mlflow"},
+        credentials_file=cfg["mlflow"].get("credentials_file"),
     )
 
 
@@ -193,15 +194,28 @@ def text_dir_input(wildcards):
 
 
 def torchrun(stage):
-    """torchrun with one process per GPU of the job, or config[stage].nproc CPU processes.
+    """The launcher of a training stage: one process per GPU of the job, or config[stage].nproc CPU processes.
 
-    ``exec`` replaces the job's shell by torchrun, so a SIGTERM (Slurm preemption) reaches torchrun, which passes
-    it to the workers and waits while they save ``last.pt``, instead of the shell dying first.
+    * Default (``tasks_per_node`` resource 0): ``torchrun --standalone --nproc_per_node=<gpu or nproc>`` on one node.
+    * Slurm tasks (``tasks_per_node`` > 0, set in the profile with ``mpi: srun`` and ``nodes``): ``srun`` starts
+      ``nodes x tasks_per_node`` ranks across the allocation, one per GPU (``gres: gpu:<tasks_per_node>``) or CPU
+      process; alta.distributed takes rank, world size and local rank from SLURM_* and rank 0's address from the
+      step's node list. ``mpi`` makes the job step plugin run this command in the batch step instead of inside a
+      one-task ``srun``, so the inner ``srun`` gets the whole allocation; without it the command refuses to start.
+
+    ``exec`` replaces the job's shell by the launcher, so a SIGTERM (Slurm preemption) reaches torchrun or srun,
+    which pass it to the workers and wait while they save ``last.pt``, instead of the shell dying first.
     """
     nproc = config[stage].get("nproc", 1)
     return (
-        f"NPROC=$(( {{resources.gpu}} > 0 ? {{resources.gpu}} : {nproc} )); OMP_NUM_THREADS={{threads}} "
-        f"exec {PY} -m torch.distributed.run --standalone --nproc_per_node=$NPROC -m alta.{stage}"
+        f"if [ {{resources.tasks_per_node}} -gt 0 ]; then "
+        f'if [ -n "${{{{SLURM_STEP_ID:-}}}}" ]; then echo "{stage}: tasks_per_node needs mpi: srun in the'
+        f' profile (the job would start srun inside a one-task step)" >&2; exit 2; fi; '
+        f"LAUNCH=(srun --nodes={{resources.nodes}} --ntasks-per-node={{resources.tasks_per_node}}"
+        f" --cpus-per-task={{threads}} --kill-on-bad-exit=1 {PY}); "
+        f"else NPROC=$(( {{resources.gpu}} > 0 ? {{resources.gpu}} : {nproc} )); "
+        f"LAUNCH=({PY} -m torch.distributed.run --standalone --nproc_per_node=$NPROC); fi; "
+        f'OMP_NUM_THREADS={{threads}} exec "${{{{LAUNCH[@]}}}}" -m alta.{stage}'
     )
 
 
@@ -228,9 +242,13 @@ def eval_checkpoints(wildcards):
 
 
 def align_model_options(wildcards):
-    """The align section's ALTA options as shell-quoted JSON: the MRM baseline is built with them."""
-    return shlex.quote(
-        json.dumps(config["align"].get("model_options") or {}, sort_keys=True)
+    """The align section's ALTA options, preset and overrides as evaluate's flags: the MRM baseline is built as the
+    aligned model's architecture (a released MRM.pth records no preset)."""
+    options = json.dumps(config["align"].get("model_options") or {}, sort_keys=True)
+    overrides = json.dumps(config["align"].get("model_overrides") or {}, sort_keys=True)
+    return (
+        f"--mrm-options {shlex.quote(options)} --mrm-preset {config['align']['preset']}"
+        f" --mrm-overrides {shlex.quote(overrides)}"
     )
 
 

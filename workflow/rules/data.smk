@@ -59,10 +59,13 @@ rule extract_shard:
         n_shards=config["extract"].get("n_shards", 10),
         colour=config["extract"].get("colour", "luminance"),
         rows=shard_digest,
+        png=config["extract"].get("png", "sample"),
+        png_sample=config["extract"].get("png_sample", 500),
     shell:
         "{params.py} -m alta.extract shard --source {params.source} {params.root} {params.manifest} {params.metadata}"
         " --shard {wildcards.shard} --out {params.outdir} --render {params.render} --size {params.size}"
-        " --workers {threads} --n-shards {params.n_shards} --colour {params.colour} > {log} 2>&1"
+        " --workers {threads} --n-shards {params.n_shards} --colour {params.colour}"
+        " --png {params.png} --png-sample {params.png_sample} > {log} 2>&1"
 
 
 rule extract_merge:

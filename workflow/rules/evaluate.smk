@@ -34,5 +34,5 @@ rule evaluate:
     shell:
         "{params.py} -m alta.evaluate.run {params.models} --pairs {input.pairs} --images {input.images}"
         " --extract-dir {params.extract} --tokenizer {params.tok} {params.text_dir} --out {params.outdir}"
-        " --mrm-options {params.mrm_options}"
+        " {params.mrm_options}"
         " --config-json {params.cfg} > {log} 2>&1"

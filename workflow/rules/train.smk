@@ -1,6 +1,7 @@
 # Model half: tokenizer -> MRM pretraining (skipped when mrm.weights names an existing MRM.pth) -> ALTA alignment.
 # Training rules launch torchrun --standalone --nproc_per_node=N: N = the job's `gpu` resource when it has GPUs
-# (set per rule in profiles/slurm), else the stage's `nproc` (CPU processes with gloo).
+# (set per rule in profiles/slurm), else the stage's `nproc` (CPU processes with gloo); with `tasks_per_node` > 0
+# (multi-node, profile only) srun starts nodes x tasks_per_node ranks instead (common.smk, torchrun()).
 # Preempted or killed jobs exit non-zero after saving last.pt; Snakemake's retries rerun them and training resumes.
 
 
@@ -69,6 +70,8 @@ rule mrm:
     threads: config["mrm"].get("threads", 2)
     resources:
         gpu=config["mrm"].get("gpus", 0),
+        nodes=1,
+        tasks_per_node=0,
         runtime=runtime_by_attempt(2880),
         mem_mb=32000,
     params:
@@ -111,6 +114,8 @@ rule align:
     threads: config["align"].get("threads", 2)
     resources:
         gpu=config["align"].get("gpus", 0),
+        nodes=1,
+        tasks_per_node=0,
         runtime=runtime_by_attempt(2880),
         mem_mb=32000,
     params:
