@@ -181,7 +181,7 @@ def input_paths(cfg: dict) -> dict[str, str]:
     add("mlflow.credentials_file", cfg.get("mlflow", {}).get("credentials_file"))
     ev = cfg["evaluate"]
     for k in ("official_alta", "chexpert_5x200", "chexpert_root", "convirt_root", "rsna_root", "rsna_test_list",
-              "rsna_val_list"):
+              "rsna_val_list", "multilabel_list", "multilabel_root", "multilabel_split_list"):
         add(f"evaluate.{k}", ev.get(k))
     return out
 

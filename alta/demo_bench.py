@@ -8,7 +8,10 @@ Writes under ``<out>/benchmarks/`` in the exact formats of evaluation.md §7:
 - ``convirt/image-retrieval/{query,candidate}.csv`` and ``convirt/text-retrieval/{query,candidate}.csv`` (the two
   candidate files are identical): 8 classes x ``per_class`` candidates, ``image_queries`` image queries per class
   (not among the candidates), 5 text queries per class.
-- JPGs for both under ``chexpert/CheXpert-v1.0-small/train/patientNNNNN/study1/view1_frontal.jpg``.
+- ``multilabel_list.csv``: the generic labelled image list of multi-label zero-shot AUROC (``path`` + one 0/1
+  column per finding of :data:`MULTILABEL_FINDINGS`), the ConVIRT candidate images labelled from the state each was
+  rendered from (a Pneumonia candidate is consolidation, so it is positive for both); no extra image is rendered.
+- JPGs for all three under ``chexpert/CheXpert-v1.0-small/train/patientNNNNN/study1/view1_frontal.jpg``.
 - ``rsna/test_list.txt`` / ``val_list.txt`` (``<path> <label> \\n``, trailing space) and the DICOMs
   ``rsna/stage_2_{test,train}_images/<uuid>.dcm``: CR, 8-bit MONOCHROME2, JPEG baseline; pneumonia = consolidation.
 """
@@ -27,12 +30,23 @@ from alta.demo_dicom import ImageSpec, dicom_bytes, uid_from
 from alta.demo_layout import unique_ints
 from alta.demo_phantom import render
 from alta.demo_reports import TEXT_QUERIES, impression_text
-from alta.demo_state import CHEXPERT_LABELS_ORDER, LOBES, SIDES, State, class_state, normal_ctr
+from alta.demo_state import (
+    CHEXPERT_LABELS_ALPHA,
+    CHEXPERT_LABELS_ORDER,
+    LOBES,
+    SIDES,
+    State,
+    chexpert_labels,
+    class_state,
+    normal_ctr,
+)
 
 CHEXPERT5 = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Pleural Effusion")
 CONVIRT8 = ("Atelectasis", "Cardiomegaly", "Edema", "Fracture", "No Finding", "Pleural Effusion", "Pneumonia",
             "Pneumothorax")
 META_COLS = ["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA"]
+MULTILABEL_FINDINGS = ("Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Fracture", "No Finding",
+                       "Pleural Effusion", "Pneumothorax")
 
 
 def _jpg(img01: np.ndarray) -> bytes:
@@ -83,7 +97,7 @@ def write_benchmarks(out, rng: np.random.Generator, per_class: int = 20, image_q
     df = pd.DataFrame(rows)
     aio.write_text(bench / "chexpert_5x200.csv", df.to_csv(index=True))
 
-    cand, iq = [], []
+    cand, iq, multi = [], [], []
     for cls in CONVIRT8:
         for i in range(per_class + image_queries):
             st = class_state(cls, rng)
@@ -92,6 +106,8 @@ def write_benchmarks(out, rng: np.random.Generator, per_class: int = 20, image_q
             _chexpert_image(root, path, st, view, rng)
             if i < per_class:
                 cand.append(_row(path, cls, view, rng))
+                truth = chexpert_labels(st, set(CHEXPERT_LABELS_ALPHA))  # every label decided: 1.0 or 0.0
+                multi.append({"path": path, **{f: int(truth[f]) for f in MULTILABEL_FINDINGS}})
             else:
                 iq.append({"Variable": cls, "Path": path})
     cand_csv = pd.DataFrame(cand).to_csv(index=False)
@@ -99,6 +115,7 @@ def write_benchmarks(out, rng: np.random.Generator, per_class: int = 20, image_q
     aio.write_text(conv / "image-retrieval" / "candidate.csv", cand_csv)
     aio.write_text(conv / "text-retrieval" / "candidate.csv", cand_csv)
     aio.write_text(conv / "image-retrieval" / "query.csv", pd.DataFrame(iq).to_csv(index=False))
+    aio.write_text(bench / "multilabel_list.csv", pd.DataFrame(multi).to_csv(index=False))
     tq = [{"Variable": c, "Text": t} for c in CONVIRT8 for t in TEXT_QUERIES[c]]
     aio.write_text(conv / "text-retrieval" / "query.csv", pd.DataFrame(tq).to_csv(index=False))
 
@@ -126,6 +143,7 @@ def write_benchmarks(out, rng: np.random.Generator, per_class: int = 20, image_q
         rsna[name] = {"n": int(n), "positive": int(labels.sum())}
     return {"chexpert_5x200": {"rows": len(rows), "per_class": per_class},
             "convirt": {"candidates": len(cand), "image_queries": len(iq), "text_queries": len(tq)},
+            "multilabel": {"images": len(multi), "findings": list(MULTILABEL_FINDINGS)},
             "rsna": rsna}
 
 

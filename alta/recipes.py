@@ -84,7 +84,7 @@ _DEMO: dict[str, dict[str, Any]] = {
 OPERATIONAL = {"num_workers", "log_every", "ckpt_every", "save_every_epochs", "eval_every_epochs", "val_max_rows",
                "seed", "recipe"}
 # Keys of a workflow section that configure the job, not the trainer.
-WORKFLOW_KEYS = {"weights", "nproc", "gpus", "threads", "text_dir", "enabled", "trust_weights"}
+WORKFLOW_KEYS = {"weights", "nproc", "gpus", "threads", "text_dir", "enabled", "trust_weights", "seeds"}
 NESTED = ("model_overrides", "model_options")
 
 

@@ -260,6 +260,8 @@ def stage_parser(stage: str, doc: str, images: bool = True) -> argparse.Argument
     p.add_argument("--config", help="YAML/JSON config file")
     p.add_argument("--section", default=stage, help=f"section of --config to read (default: {stage})")
     p.add_argument("--config-json", help="JSON object overriding config keys, e.g. '{\"max_steps\": 4}'")
+    p.add_argument("--seed", type=int, help="overrides the config's seed (the workflow runs one align job per "
+                                            "seed of align.seeds)")
     p.add_argument("--print-defaults", action="store_true", help="print the default config and exit")
     return p
 
@@ -273,6 +275,8 @@ def stage_main(stage: str, defaults: dict, parser: argparse.ArgumentParser, argv
         return 0
     args = parser.parse_args(argv)
     cfg = load_stage_config(defaults, args.config, args.section, args.config_json, stage=stage)
+    if args.seed is not None:
+        cfg["seed"] = args.seed
     config = {**cfg, "pairs": str(args.pairs), "tokenizer": str(args.tokenizer), **inputs(args)}
     if getattr(args, "images", None) is not None:
         config["images"] = str(args.images)

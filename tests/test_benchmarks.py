@@ -262,3 +262,100 @@ def test_rsna_list_errors(tmp_path):
     small.write_text("a/x.dcm 1 \na/x.dcm 0 \n")
     with pytest.raises(B.BenchmarkError, match="duplicated image paths at lines"):
         B.read_rsna_list(small)
+
+
+# ------------------------------------------------------------------------------------ multi-label lists
+def test_generic_labelled_list(tmp_path):
+    f = tmp_path / "labels.csv"
+    f.write_text("path,Edema,Pleural Effusion\na.jpg,1,0\nb.jpg,,1\nc.jpg,0,\n")
+    df = B.read_labelled_list(f, image_root=tmp_path / "img")
+    assert df["path"].tolist() == [str(tmp_path / "img" / n) for n in ("a.jpg", "b.jpg", "c.jpg")]
+    assert df["Edema"].tolist()[0] == 1.0 and np.isnan(df["Edema"].iloc[1]) and df["Edema"].iloc[2] == 0.0
+    info = df.attrs["benchmark"]
+    assert info["findings"] == ["Edema", "Pleural Effusion"] and info["format"] == "generic" and info["n"] == 3
+    assert B.read_labelled_list(f, findings=["Pleural Effusion"]).columns.tolist()[-1] == "Pleural Effusion"
+    with pytest.raises(B.BenchmarkError, match="not in the generic list"):
+        B.read_labelled_list(f, findings=["Fracture"])
+    f.write_text("path,Edema\na.jpg,1\nb.jpg,-1\nc.jpg,yes\n")
+    with pytest.raises(B.BenchmarkError, match=r"labels.csv: 2 bad row\(s\): row 1: .*-1.*row 2: .*yes"):
+        B.read_labelled_list(f)
+    with pytest.warns(UserWarning, match="excluding 2"):
+        df = B.read_labelled_list(f, strict=False)
+    assert df["rel_path"].tolist() == ["a.jpg"] and len(df.attrs["benchmark"]["excluded_rows"]) == 2
+    f.write_text("path,Edema\na.jpg,1\na.jpg,0\n")
+    with pytest.raises(B.BenchmarkError, match="duplicated image paths"):
+        B.read_labelled_list(f)
+    with pytest.raises(B.BenchmarkError, match="not found"):
+        B.read_labelled_list(tmp_path / "absent.csv")
+
+
+def test_chestxray14_data_entry_split_and_layout(tmp_path):
+    f = tmp_path / "Data_Entry_2017.csv"
+    f.write_text("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
+                 "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y],\n"
+                 "00000001_000.png,Cardiomegaly|Effusion,0,1,58,M,PA,2682,2749,0.143,0.143,\n"
+                 "00000002_000.png,No Finding,0,2,81,M,PA,2500,2048,0.171,0.171,\n"
+                 "00000003_000.png,Hernia,0,3,74,F,PA,2500,2048,0.168,0.168,\n")
+    (tmp_path / "test_list.txt").write_text("00000001_000.png\n00000003_000.png\n")
+    (tmp_path / "images_002" / "images").mkdir(parents=True)
+    (tmp_path / "images_002" / "images" / "00000003_000.png").write_bytes(b"")
+    df = B.read_labelled_list(f, "chestxray14", image_root=tmp_path, split_list=tmp_path / "test_list.txt")
+    assert df["rel_path"].tolist() == ["00000001_000.png", "00000003_000.png"]
+    assert df["path"].iloc[1] == str(tmp_path / "images_002" / "images" / "00000003_000.png")
+    assert list(df.columns[3:]) == list(B.CHESTXRAY14_FINDINGS)
+    assert df.loc[0, ["Cardiomegaly", "Effusion", "Hernia"]].tolist() == [1.0, 1.0, 0.0]
+    assert df.loc[1, "Hernia"] == 1.0 and df[list(B.CHESTXRAY14_FINDINGS)].notna().all().all()
+    assert df.attrs["benchmark"]["split_list"]["n_lines"] == 2
+    (tmp_path / "test_list.txt").write_text("00000009_000.png\n")
+    with pytest.raises(B.BenchmarkError, match=r"test_list.txt: 1 image\(s\) not in Data_Entry_2017.csv"):
+        B.read_labelled_list(f, "chestxray14", split_list=tmp_path / "test_list.txt")
+    f.write_text("Image Index,Finding Labels\n00000001_000.png,Cardiomegaly|Flu\n")
+    with pytest.raises(B.BenchmarkError, match="Cardiomegaly\\|Flu"):
+        B.read_labelled_list(f, "chestxray14")
+
+
+def test_chexpert_test_labels_uncertain_policies(tmp_path):
+    cols = ["Path", "Sex", *B.CHEXPERT_LABELS_14]
+    rows = [["test/patient1/study1/view1_frontal.jpg", "Male", *([0] * 14)],
+            ["test/patient2/study1/view1_frontal.jpg", "Female", *([""] * 14)]]
+    rows[0][cols.index("Edema")] = -1
+    rows[1][cols.index("Edema")] = 1
+    f = tmp_path / "test_labels.csv"
+    pd.DataFrame(rows, columns=cols).to_csv(f, index=False)
+    ign = B.read_labelled_list(f, "chexpert_test", findings=["Edema", "Cardiomegaly"])
+    assert np.isnan(ign["Edema"].iloc[0]) and ign["Edema"].iloc[1] == 1.0 and np.isnan(ign["Cardiomegaly"].iloc[1])
+    assert ign.attrs["benchmark"]["n_uncertain"] == {"Edema": 1, "Cardiomegaly": 0}
+    assert B.read_labelled_list(f, "chexpert_test", uncertain="positive")["Edema"].iloc[0] == 1.0
+    assert B.read_labelled_list(f, "chexpert_test", uncertain="negative")["Edema"].iloc[0] == 0.0
+    with pytest.raises(B.BenchmarkError, match="uncertain-label policy"):
+        B.read_labelled_list(f, "chexpert_test", uncertain="maybe")
+    pd.DataFrame(rows, columns=cols).assign(Extra=1).to_csv(f, index=False)
+    with pytest.raises(B.BenchmarkError, match=r"unexpected column\(s\) \['Extra'\]"):
+        B.read_labelled_list(f, "chexpert_test")
+
+
+def test_real_label_files_through_the_labelled_readers(tmp_path):
+    """The real 5x200 labels as a CheXpert labels CSV, and the real RSNA test list as a generic list."""
+    real = pd.read_csv(_need(REAL_5X200))
+    f = tmp_path / "labels.csv"
+    real[["Path", "Sex", "Age", "Frontal/Lateral", "AP/PA", *B.CHEXPERT_LABELS_14]].to_csv(f, index=False)
+    df = B.read_labelled_list(f, "chexpert_test", findings=list(P.CHEXPERT5_CLASSES))
+    assert len(df) == 1000 and {c: int(df[c].sum()) for c in P.CHEXPERT5_CLASSES} == dict.fromkeys(
+        P.CHEXPERT5_CLASSES, 200)
+    rsna = B.read_rsna_list(_need(REAL_RSNA_TEST))
+    g = tmp_path / "rsna.csv"
+    rsna[["rel_path", "label"]].rename(columns={"rel_path": "path", "label": "Pneumonia"}).to_csv(g, index=False)
+    df = B.read_labelled_list(g)
+    assert len(df) == 3000 and int(df["Pneumonia"].sum()) == 1094
+
+
+def test_multilabel_prompts_defaults_and_overrides():
+    p = P.multilabel_prompts(["Effusion", "Pleural_Thickening", "Mass", "No Finding"])
+    assert p["Effusion"] == ("There is pleural effusion", "There is no pleural effusion")
+    assert p["Pleural_Thickening"] == ("There is pleural thickening", "There is no pleural thickening")
+    assert p["Mass"] == ("There is a mass", "There is no mass")
+    assert p["No Finding"][0] != p["No Finding"][1]
+    assert P.multilabel_prompts(["Edema"], {"Edema": ["edema", "no edema"]})["Edema"] == ("edema", "no edema")
+    assert P.multilabel_prompts(["Edema"], template=("{finding}", "no {finding}"))["Edema"] == ("edema", "no edema")
+    with pytest.raises(ValueError, match="not evaluated"):
+        P.multilabel_prompts(["Edema"], {"Hernia": ["a", "b"]})

@@ -46,6 +46,9 @@ CASES = {
     "below_minimum": (lambda c: _set(c, "extract.workers", 0), ["extract.workers", "minimum"]),
     "missing_section": (lambda c: _delete(c, "mlflow"), ["'mlflow'", "required"]),
     "missing_nested_key": (lambda c: _delete(c, "data.source"), ["data", "'source'", "required"]),
+    "repeated_seed": (lambda c: _set(c, "align.seeds", [0, 1, 0]), ["align.seeds", "non-unique"]),
+    "multilabel_format": (lambda c: _set(c, "evaluate.multilabel_format", "nih"),
+                          ["evaluate.multilabel_format", "'nih'", "chestxray14"]),
 }
 
 

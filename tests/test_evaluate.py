@@ -79,10 +79,12 @@ def test_evaluate_cli_scores_models_and_reports_skips(trained, tmp_path):
     assert rc == 0
     for model in ("mrm", "align"):
         res = json.loads((out / "metrics" / model / "heldout.json").read_text())
-        assert 0 <= res["i2t_R@1"] <= res["i2t_R@5"] <= 1 and res["pool_size"] == res["n_studies"] > 0
+        n = res["pool_size"]
+        assert 0 <= res[f"i2t_R@1_of_{n}"] <= res[f"i2t_R@5_of_{n}"] <= 1 and n == res["n_studies"] > 0
+        assert "i2t_R@1" not in res  # R@K is only quoted with its pool size
         assert res["model"]["kind"] == model and res["protocol"]["ties"] == "pessimistic"
     table = pd.read_csv(out / "comparison.csv")
-    assert table["model"].tolist() == ["mrm", "align"] and "heldout.i2t_R@5" in table.columns
+    assert table["model"].tolist() == ["mrm", "align"] and f"heldout.i2t_R@5_of_{n}" in table.columns
     report = (out / "report.md").read_text()
     assert "files not found" in report and "config keys not set" in report  # 5x200 and RSNA skipped, with reasons
     assert (out / "plots" / "retrieval_examples_align.png").stat().st_size > 0
@@ -142,3 +144,96 @@ def test_embed_and_zeroshot_cli(trained, tmp_path, capsys):
     with pytest.raises(FileNotFoundError, match="missing.png"):
         embed.main(["embed", "--checkpoint", ck, "--tokenizer", tok, "--images", str(tmp_path / "missing.png"),
                     "--out", str(out)])
+
+
+def test_seeds_spread_and_multilabel_auroc_through_the_cli(trained, tmp_path, monkeypatch, mlflow_uri):
+    """Two align seeds are scored one by one and as mean ± sd (JSON, report, comparison, MLflow); the multi-label
+    protocol reads a generic list with blanks and reports a one-class finding as undefined."""
+    from alta import align, tracking
+    from alta.evaluate import run
+
+    root, pairs, images, extract = trained
+    small = {"preset": "tiny", "batch_size": 4, "num_workers": 0, "log_every": 2, "warmup_epochs": 1,
+             "schedule_epochs": 4, "max_epochs": 2, "blr": 1e-2, "max_steps": 3, "val_max_rows": 4}  # as `trained`
+    common = ["--pairs", str(pairs), "--images", str(images), "--extract-dir", str(extract),
+              "--tokenizer", str(root / "tok")]
+    assert align.main([*common, "--out", str(tmp_path / "align1"), "--mrm-weights",
+                       str(root / "mrm" / "checkpoint.pt"), "--seed", "1", "--config-json", json.dumps(small)]) == 0
+    records = [json.loads(line) for line in (tmp_path / "align1" / "tracking.jsonl").read_text().splitlines()]
+    assert [r["payload"]["seed"] for r in records if r["kind"] == "params" and "seed" in r["payload"]] == [1]
+    rng = np.random.default_rng(0)
+    (tmp_path / "img").mkdir()
+    rows = []
+    for i in range(12):
+        Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(tmp_path / "img" / f"{i}.jpg")
+        ptx = "" if i < 4 else int(i % 3 == 0)  # blank: not labelled for pneumothorax
+        rows.append({"path": f"{i}.jpg", "Edema": i % 2, "Fracture": 0, "Pneumothorax": ptx})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    cfg = {"heldout_split": "validate", "batch_size": 8, "multilabel_list": str(tmp_path / "labels.csv"),
+           "multilabel_root": str(tmp_path / "img")}
+    monkeypatch.chdir(tmp_path)  # the sqlite store's default artifact root
+    ctx = tmp_path / "context.json"
+    tracking.start_parent(ctx, mlflow_uri, f"seeds-{tmp_path.name}", "seeds test", params={})
+    monkeypatch.setenv(tracking.CONTEXT_ENV, str(ctx))
+    out = tmp_path / "evaluate"
+    rc = run.main(["--model", f"mrm={root / 'mrm' / 'checkpoint.pt'}",
+                   "--model", f"align@0={root / 'align' / 'checkpoint.pt'}",
+                   "--model", f"align@1={tmp_path / 'align1' / 'checkpoint.pt'}", "--pairs", str(pairs), "--images",
+                   str(images), "--extract-dir", str(extract), "--tokenizer", str(root / "align" / "tokenizer"),
+                   "--out", str(out), "--config-json", json.dumps(cfg)])
+    tracking.end_parent(ctx, "FINISHED")
+    assert rc == 0
+    ml = json.loads((out / "metrics" / "align_seed0" / "multilabel.json").read_text())
+    assert ml["auroc/Fracture"] is None and "0 positive" in ml["auroc_undefined"]["Fracture"]
+    assert ml["counts"]["Pneumothorax"] == {"pos": 2, "neg": 6, "unlabelled": 4} and ml["n_findings_defined"] == 2
+    assert ml["auroc_macro"] == pytest.approx((ml["auroc/Edema"] + ml["auroc/Pneumothorax"]) / 2)
+    assert ml["protocol"]["prompts"]["Edema"] == ["There is edema", "There is no edema"]
+    per = [json.loads((out / "metrics" / f"align_seed{s}" / "heldout.json").read_text()) for s in (0, 1)]
+    assert per[0]["model"]["seed"] == 0 and per[1]["model"]["seed"] == 1
+    key = f"i2t_MedR_of_{per[0]['pool_size']}"
+    spread = json.loads((out / "spread.json").read_text())["align"]
+    assert spread["seeds"] == [0, 1] and spread["labels"] == {"0": "align_seed0", "1": "align_seed1"}
+    st = spread["benchmarks"]["heldout"][key]
+    a, b = per[0][key], per[1][key]
+    assert st["per_seed"] == {"0": a, "1": b} and st["mean"] == pytest.approx((a + b) / 2)
+    assert st["sd"] == pytest.approx(abs(a - b) / np.sqrt(2))
+    table = pd.read_csv(out / "comparison.csv")
+    assert table["model"].tolist() == ["mrm", "align_seed0", "align_seed1", "align (mean)", "align (sd)"]
+    assert table.loc[3, "multilabel.auroc_macro"] == pytest.approx(
+        spread["benchmarks"]["multilabel"]["auroc_macro"]["mean"])
+    report = (out / "report.md").read_text()
+    assert "**align** mean ± sd (2 seeds)" in report and "| Fracture | 0 / 12 | undefined |" in report
+    client = tracking._client(mlflow_uri)
+    exp = client.get_experiment_by_name(f"seeds-{tmp_path.name}")
+    runs = client.search_runs([exp.experiment_id], max_results=50)
+    seeded = [r for r in runs if r.data.tags.get("alta.seed")]
+    assert sorted(r.data.tags["alta.model"] for r in seeded) == ["align_seed0", "align_seed1"]
+    (summary,) = [r for r in runs if r.data.tags.get("alta.seeds") == "0,1"]
+    m = summary.data.metrics
+    name = f"heldout.{key}"
+    assert m[f"{name}.mean"] == pytest.approx(st["mean"]) and m[f"{name}.sd"] == pytest.approx(st["sd"])
+    assert m[f"{name}.seed0"] == pytest.approx(a) and m[f"{name}.seed1"] == pytest.approx(b)
+
+
+def test_file_embeddings_are_computed_once_per_path(tmp_path):
+    """Benchmarks sharing images (the demo's multi-label list and the ConVIRT candidates) embed each file once, and
+    the cached rows are the embeddings a fresh pass computes."""
+    corpus = ["there is no pneumothorax", "heart size is normal", "small left pleural effusion"]
+    train_tokenizer(corpus, tmp_path / "tok", vocab_size=100)
+    tok = load_tokenizer(tmp_path / "tok")
+    torch.manual_seed(0)
+    model = build_alta("tiny", tokenizer=tok, vocab_size=len(tok), special_ids=special_ids(tok))
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        paths.append(str(tmp_path / f"{i}.jpg"))
+        Image.fromarray(rng.integers(0, 256, (48, 40), dtype=np.uint8)).save(paths[-1])
+    emb = Embedder(model, tok)
+    first = emb.images_from_files(paths[:2])
+    fresh = Embedder(model, tok).images_from_files(paths)
+    Path(paths[1]).unlink()  # a second read of this file would now fail
+    again = emb.images_from_files([paths[2], paths[1], paths[0], paths[1]])
+    assert np.array_equal(again[[2, 1]], first) and np.array_equal(again[3], first[1])
+    assert np.allclose(again[0], fresh[2], atol=1e-6) and np.allclose(first, fresh[:2], atol=1e-6)
+    with pytest.raises(ValueError, match="unreadable benchmark image"):
+        Embedder(model, tok).images_from_files([paths[1]])

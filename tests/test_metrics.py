@@ -265,3 +265,71 @@ def test_class_scores_aggregations():
         P.class_scores(img, proj, "sum")
     s_pos, s_neg = P.binary_prompt_scores(img, proj["a"], proj["b"])
     assert np.allclose(s_pos, s[:, 0]) and np.allclose(s_neg, s[:, 1])
+
+
+# ------------------------------------------------------------------------------------ AUROC (own implementation)
+def test_binary_auroc_agrees_with_sklearn_including_ties():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        n = int(rng.integers(5, 300))
+        y = rng.integers(0, 2, n)
+        y[:2] = [0, 1]
+        s = np.round(rng.normal(size=n) + 0.7 * y, int(rng.integers(0, 3)))  # coarse rounding: many ties
+        assert M.binary_auroc(y, s) == pytest.approx(roc_auc_score(y, s), abs=1e-12), trial
+    assert M.binary_auroc([0, 0, 1, 1], [0.1, 0.2, 0.3, 0.4]) == 1.0
+    assert M.binary_auroc([0, 1], [0.5, 0.5]) == 0.5  # a tie counts one half
+
+
+def test_one_class_auroc_is_undefined_with_a_reason():
+    value, why = M.auroc_or_reason([1, 1, 1], [0.1, 0.5, 0.9])
+    assert value is None and "3 positive and 0 negative" in why
+    with pytest.raises(ValueError, match="both positive and negative"):
+        M.binary_auroc([0, 0], [0.1, 0.2])
+
+
+def test_multilabel_auroc_per_finding_macro_and_unlabelled():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(0)
+    n = 60
+    y = rng.integers(0, 2, (n, 3)).astype(float)
+    y[rng.random((n, 3)) < 0.2] = np.nan  # unlabelled cells
+    y[:, 2] = np.where(np.isnan(y[:, 2]), np.nan, 1.0)  # finding C: only positives labelled -> undefined
+    p = rng.random((n, 3))
+    res = M.multilabel_auroc(y, p, ["A", "B", "C"])
+    for j, f in enumerate("AB"):
+        m = ~np.isnan(y[:, j])
+        assert res["per_finding"][f] == pytest.approx(roc_auc_score(y[m, j], p[m, j]), abs=1e-12)
+        assert res["counts"][f]["unlabelled"] == int((~m).sum())
+    assert res["per_finding"]["C"] is None and "0 negative" in res["undefined"]["C"]
+    assert res["macro"] == pytest.approx((res["per_finding"]["A"] + res["per_finding"]["B"]) / 2)
+    assert res["n_defined"] == 2 and res["n_findings"] == 3
+    with pytest.raises(ValueError, match="0, 1 or NaN"):
+        M.multilabel_auroc(np.full((2, 1), 2.0), np.zeros((2, 1)), ["A"])
+
+
+def test_one_vs_rest_auroc_matches_sklearn_per_class():
+    from sklearn.metrics import roc_auc_score
+
+    rng = np.random.default_rng(1)
+    emb, labels = _clustered(rng, 20, 5)
+    scores = emb @ _unit(rng.normal(size=(5, 16))).T
+    res = M.one_vs_rest_auroc(scores, labels, list("abcde"))
+    want = [roc_auc_score(labels == k, scores[:, k]) for k in range(5)]
+    assert list(res["per_class"].values()) == pytest.approx(want, abs=1e-12)
+    assert res["macro"] == pytest.approx(np.mean(want)) and res["undefined"] == {}
+    res = M.one_vs_rest_auroc(scores[labels < 4], labels[labels < 4], list("abcde"))  # class e absent
+    assert res["per_class"]["e"] is None and set(res["undefined"]) == {"e"}
+
+
+def test_seed_spread_mean_and_sample_sd():
+    per_seed = {0: {"acc": 0.5, "n": 10, "name": "x", "flag": True}, 1: {"acc": 0.7, "n": 10},
+                2: {"acc": 0.6, "n": 10, "only_here": 1.0, "nan": float("nan")}}
+    out = M.seed_spread(per_seed)
+    assert out["acc"]["mean"] == pytest.approx(0.6) and out["acc"]["sd"] == pytest.approx(0.1)
+    assert out["acc"]["per_seed"] == {0: 0.5, 1: 0.7, 2: 0.6} and out["acc"]["n_seeds"] == 3
+    assert out["n"]["sd"] == 0.0 and out["only_here"] == {"mean": 1.0, "sd": None, "n_seeds": 1,
+                                                          "per_seed": {2: 1.0}}
+    assert "name" not in out and "flag" not in out and "nan" not in out

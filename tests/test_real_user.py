@@ -113,7 +113,8 @@ def _manifest_config(tmp_path: Path, manifest: Path) -> Path:
     cfg = _default()
     cfg["demo"]["enabled"] = False
     cfg["data"].update(source="manifest", root=None, manifest=str(manifest))
-    for k in ("chexpert_5x200", "chexpert_root", "convirt_root", "rsna_root", "rsna_test_list", "rsna_val_list"):
+    for k in ("chexpert_5x200", "chexpert_root", "convirt_root", "rsna_root", "rsna_test_list", "rsna_val_list",
+              "multilabel_list", "multilabel_root"):
         cfg["evaluate"][k] = None
     cfg["mlflow"]["tracking_uri"] = f"sqlite:///{tmp_path}/mlflow.db"
     path = tmp_path / "user.yaml"
@@ -174,7 +175,7 @@ def test_user_config_plans_the_published_align_job(tmp_path):
         "data": {"source": "manifest", "root": None, "manifest": str(tmp_path / "manifest.csv")},
         "mrm": {"weights": str(weights)}, "align": {"model_options": {}, "model_overrides": {}},
         "evaluate": {k: None for k in ("chexpert_5x200", "chexpert_root", "convirt_root", "rsna_root",
-                                       "rsna_test_list", "rsna_val_list")},
+                                       "rsna_test_list", "rsna_val_list", "multilabel_list", "multilabel_root")},
         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "user"}}))
     proc = _dry_run(tmp_path, user, extra=("align",))
     assert proc.returncode == 0, proc.stderr[-3000:]

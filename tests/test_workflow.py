@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import yaml
 
 from conftest import snakemake
 from alta import tracking
@@ -185,6 +186,36 @@ def test_changed_evaluate_config_reruns_only_evaluate(demo_workflow):
     alt.write_text(cfg)
     jobs = planned_jobs(work, "all", "--configfile", str(alt))
     assert jobs == {"evaluate": 1, "report_tables": 1}  # the report's tables follow the evaluation
+
+
+def test_demo_writes_the_newer_protocols(demo_workflow):
+    """`all` on the demo runs the multi-label AUROC protocol, the 5x200 AUROC and pool-named held-out metrics."""
+    work, _ = demo_workflow
+    metrics = work / "results" / "evaluate" / "metrics"
+    truth = json.loads((work / "results" / "demo_data" / "demo_truth.json").read_text())["benchmarks"]
+    for model in ("mrm", "align"):
+        ml = json.loads((metrics / model / "multilabel.json").read_text())
+        assert ml["n_images"] == truth["multilabel"]["images"] == 8 * 6
+        assert ml["n_findings_defined"] == len(truth["multilabel"]["findings"]) and 0 <= ml["auroc_macro"] <= 1
+        assert 0 <= json.loads((metrics / model / "chexpert5x200.json").read_text())["zeroshot_auroc_macro"] <= 1
+        held = json.loads((metrics / model / "heldout.json").read_text())
+        assert f"i2t_R@1_of_{held['pool_size']}" in held
+    assert "## multilabel" in (work / "results" / "evaluate" / "report.md").read_text()
+
+
+def test_align_seeds_plan_one_job_per_seed(demo_workflow):
+    """align.seeds: three seeds are three align jobs (results/align/seed<N>/) and one evaluate; the single-seed
+    outputs of the finished run stay valid (nothing upstream reruns)."""
+    work, _ = demo_workflow
+    cfg = yaml.safe_load((work / "config.yaml").read_text())
+    cfg["align"]["seeds"] = [0, 1, 2]
+    alt = work / "config_seeds.yaml"
+    alt.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    assert planned_jobs(work, "all", "--configfile", str(alt)) == {"align": 3, "evaluate": 1}
+    out = snakemake(work, "-n", "-p", "all", "--configfile", str(alt)).stdout
+    for seed in (0, 1, 2):
+        assert f"results/align/seed{seed}/checkpoint.pt" in out and f"--seed {seed}" in out
+        assert f"--model align@{seed}=results/align/seed{seed}/checkpoint.pt" in out
 
 
 def test_changed_report_reruns_text_side_only(demo_workflow):

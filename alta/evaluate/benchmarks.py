@@ -15,6 +15,8 @@ Schemas (all identifiers are strings):
   image queries ``row, path, rel_path, label, class_name, patient_id``; text queries ``row, text, label, class_name``.
 * ``read_rsna_list`` -> ``line`` (1-based), ``path``, ``rel_path``, ``label`` (1 = pneumonia), ``patient_id``
   (file stem).
+* ``read_labelled_list`` -> ``row``, ``path``, ``rel_path`` and one float column per finding (1.0 / 0.0 / NaN =
+  unlabelled) from a generic CSV, ChestX-ray14's ``Data_Entry_2017.csv`` or a CheXpert labels CSV.
 """
 
 from __future__ import annotations
@@ -331,3 +333,147 @@ def read_rsna_list(path: str | Path, image_root: str | Path | None = None, stric
         "lines_with_trailing_space": int(trailing), "excluded_rows": excluded,
     }
     return df
+
+
+# ---------------------------------------------------------------------------------------- multi-label lists
+CHESTXRAY14_FINDINGS: tuple[str, ...] = (
+    "Atelectasis", "Cardiomegaly", "Effusion", "Infiltration", "Mass", "Nodule", "Pneumonia", "Pneumothorax",
+    "Consolidation", "Edema", "Emphysema", "Fibrosis", "Pleural_Thickening", "Hernia",
+)
+LABELLED_FORMATS = ("generic", "chestxray14", "chexpert_test")
+UNCERTAIN_POLICIES = ("ignore", "positive", "negative")
+CHEXPERT_META_COLUMNS = ("Sex", "Age", "Frontal/Lateral", "AP/PA")
+
+
+def _cell_labels(df: pd.DataFrame, columns: list[str], allowed: tuple[float, ...]):
+    """(N, F) float matrix of label cells (blank -> NaN) and the rows holding anything else."""
+    raw = df[columns]
+    num = raw.apply(pd.to_numeric, errors="coerce").to_numpy(dtype=np.float64, copy=True)
+    blank = raw.isna().to_numpy() | raw.astype(str).apply(lambda c: c.str.strip() == "").to_numpy()
+    bad = (~blank & ~np.isin(num, allowed)) | (~blank & np.isnan(num))
+    num[blank] = np.nan
+    problems = []
+    for i in np.flatnonzero(bad.any(axis=1)):
+        cols = [columns[j] for j in np.flatnonzero(bad[i])]
+        vals = [raw.iat[i, j] for j in np.flatnonzero(bad[i])]
+        problems.append((int(i), f"label value(s) {vals!r} in {cols} (allowed: {list(allowed)} or blank)"))
+    return num, problems
+
+
+def _chestxray14_dirs(root: Path | None) -> list[Path]:
+    """Folders an NIH ChestX-ray14 image may sit in: the root, ``images/``, ``images_NNN/images/`` (the download)."""
+    if root is None:
+        return []
+    return [root, root / "images", *sorted(root.glob("images_*/images"))]
+
+
+def read_labelled_list(path: str | Path, fmt: str = "generic", image_root: str | Path | None = None,
+                       split_list: str | Path | None = None, findings=None, uncertain: str = "ignore",
+                       strict: bool = True) -> pd.DataFrame:
+    """Read a multi-label image list for zero-shot AUROC; returns ``row, path, rel_path`` and one float column per
+    finding (1.0 present, 0.0 absent, NaN unlabelled: that image does not count for that finding).
+
+    Formats (``fmt``):
+
+    * ``generic``: CSV with a ``path`` (or ``Path``) column and one column per finding holding 0, 1 or blank.
+    * ``chestxray14``: NIH ``Data_Entry_2017.csv`` (``Image Index``, ``Finding Labels`` = ``|``-joined names of
+      :data:`CHESTXRAY14_FINDINGS`, or ``No Finding``); every image is labelled for all 14 findings.
+      ``split_list`` (``test_list.txt``, one image name a line) selects the images; names are looked up under
+      ``image_root``, ``image_root/images`` and ``image_root/images_NNN/images`` (the NIH download layout).
+    * ``chexpert_test``: the CheXpert test (or valid) labels CSV: ``Path`` + the 14 CheXpert label columns, values
+      1, 0, -1 (uncertain) or blank; the metadata columns Sex/Age/Frontal/Lateral/AP/PA are allowed and ignored.
+      ``uncertain`` decides -1: ``ignore`` (default, U-Ignore: unlabelled for that finding), ``positive``
+      (U-Ones) or ``negative`` (U-Zeros). Blank is unlabelled. The generic format has no -1.
+
+    ``findings`` (optional) selects and orders the evaluated findings; each must be a column of the format.
+    Malformed rows raise :class:`BenchmarkError` naming the file and rows (``strict=False`` excludes them).
+    """
+    file = Path(path)
+    if fmt not in LABELLED_FORMATS:
+        raise BenchmarkError(f"{file}: unknown labelled-list format {fmt!r}; choose from {list(LABELLED_FORMATS)}")
+    if uncertain not in UNCERTAIN_POLICIES:
+        raise BenchmarkError(f"{file}: unknown uncertain-label policy {uncertain!r}; choose from "
+                             f"{list(UNCERTAIN_POLICIES)}")
+    if not file.is_file():
+        raise BenchmarkError(f"{file}: labelled image list not found")
+    try:
+        df = pd.read_csv(file, dtype=str, keep_default_na=False, na_values=[""])
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+        raise BenchmarkError(f"{file}: cannot parse as CSV: {exc}") from exc
+    df = df.loc[:, [c for c in df.columns if not str(c).startswith("Unnamed:")]]  # NIH's trailing comma
+    n_uncertain: dict[str, int] = {}
+    if fmt == "chestxray14":
+        _require_columns(file, df, ["Image Index", "Finding Labels"])
+        all_findings = list(CHESTXRAY14_FINDINGS)
+        rel = df["Image Index"].fillna("").astype(str).str.strip()
+        labels = np.zeros((len(df), len(all_findings)))
+        problems = []
+        for i, cell in enumerate(df["Finding Labels"].fillna("").astype(str)):
+            names = [n.strip() for n in cell.split("|") if n.strip()]
+            unknown = [n for n in names if n not in all_findings and n != "No Finding"]
+            if not names or unknown or ("No Finding" in names and len(names) > 1):
+                problems.append((i, f"Finding Labels {cell!r}: expected '|'-joined names of {all_findings} "
+                                    "or 'No Finding'"))
+                continue
+            for n in names:
+                if n != "No Finding":
+                    labels[i, all_findings.index(n)] = 1.0
+    else:
+        path_col = "path" if "path" in df.columns else "Path"
+        _require_columns(file, df, [path_col])
+        if fmt == "chexpert_test":
+            _require_columns(file, df, list(CHEXPERT_LABELS_14))
+            extra = [c for c in df.columns if c not in (path_col, *CHEXPERT_LABELS_14, *CHEXPERT_META_COLUMNS)]
+            if extra:
+                raise BenchmarkError(f"{file}: unexpected column(s) {extra} for a CheXpert labels CSV")
+            all_findings = list(CHEXPERT_LABELS_14)
+            labels, problems = _cell_labels(df, all_findings, (0.0, 1.0, -1.0))
+            n_uncertain = {f: int((labels[:, j] == -1).sum()) for j, f in enumerate(all_findings)}
+            labels[labels == -1] = {"ignore": np.nan, "positive": 1.0, "negative": 0.0}[uncertain]
+        else:
+            all_findings = [c for c in df.columns if c != path_col]
+            if not all_findings:
+                raise BenchmarkError(f"{file}: no finding columns next to {path_col!r}")
+            labels, problems = _cell_labels(df, all_findings, (0.0, 1.0))
+        rel = df[path_col].fillna("").astype(str).str.strip()
+    problems += [(i, "empty path") for i in np.flatnonzero((rel == "").to_numpy())]
+    problems.sort()
+    excluded = _fail_or_exclude(file, problems, strict)
+    keep = np.setdiff1d(np.arange(len(df)), [r for r, _ in problems])
+    rel = rel.iloc[keep].reset_index(drop=True)
+    labels = labels[keep]
+    dup = rel[rel.duplicated(keep=False)].unique().tolist()
+    if dup:
+        raise BenchmarkError(f"{file}: duplicated image paths {dup[:_MAX_LISTED]}")
+    split_info = None
+    if split_list is not None:
+        sfile = Path(split_list)
+        if not sfile.is_file():
+            raise BenchmarkError(f"{sfile}: split list not found")
+        names = [ln.strip() for ln in sfile.read_text(encoding="utf-8").splitlines() if ln.strip()]
+        missing = sorted(set(names) - set(rel))
+        if missing:
+            raise BenchmarkError(f"{sfile}: {len(missing)} image(s) not in {file.name} (first: {missing[:3]})")
+        sel = rel.isin(set(names)).to_numpy()
+        rel, labels, keep = rel[sel].reset_index(drop=True), labels[sel], keep[sel]
+        split_info = {**file_fingerprint(sfile), "n_lines": len(names)}
+    chosen = list(all_findings) if findings is None else list(findings)
+    unknown = [f for f in chosen if f not in all_findings]
+    if unknown or not chosen:
+        raise BenchmarkError(f"{file}: finding(s) {unknown or chosen} not in the {fmt} list (has {all_findings})")
+    labels = labels[:, [all_findings.index(f) for f in chosen]]
+    if fmt == "chestxray14":
+        dirs = _chestxray14_dirs(None if image_root is None else Path(image_root))
+        paths = [next((str(d / r) for d in dirs if (d / r).is_file()), str(dirs[0] / r) if dirs else r) for r in rel]
+    else:
+        paths = _join_root(image_root, rel).tolist()
+    out = pd.DataFrame({"row": keep.astype(np.int64), "path": paths, "rel_path": rel})
+    for j, f in enumerate(chosen):
+        out[f] = labels[:, j]
+    out.attrs["benchmark"] = {
+        "benchmark": "labelled_list", "format": fmt, **file_fingerprint(file), "split_list": split_info,
+        "findings": chosen, "n_rows_file": int(len(df)), "n": int(len(out)), "excluded_rows": excluded,
+        "uncertain_policy": uncertain if fmt == "chexpert_test" else None,
+        "n_uncertain": {f: n_uncertain[f] for f in chosen} if n_uncertain else None,
+    }
+    return out

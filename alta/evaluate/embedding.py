@@ -58,6 +58,7 @@ class Embedder:
         self.img_size = int(model.cfg.img_size)
         self.max_positions = int(model.bert_encoder.bert.config.max_position_embeddings)
         self.last_text_record: dict = {}
+        self._file_cache: dict[str, np.ndarray] = {}  # path -> embedding (images_from_files)
 
     # -- construction ---------------------------------------------------------------------------------------
     @classmethod
@@ -129,14 +130,25 @@ class Embedder:
         return F.normalize(v, dim=-1).cpu().numpy()
 
     def images_from_files(self, paths: Iterable[str]) -> np.ndarray:
-        """JPG/PNG files (CheXpert benchmarks): read as 8-bit grey, no re-rendering."""
+        """JPG/PNG files (CheXpert benchmarks): read as 8-bit grey, no re-rendering.
+
+        Embeddings are kept per path for this model (deterministic in eval mode), so benchmarks sharing images (the
+        demo's multi-label list holds the ConVIRT candidates) embed each file once.
+        """
+        paths = [str(p) for p in paths]
+        new = list(dict.fromkeys(p for p in paths if p not in self._file_cache))
+
         def gen():
-            for p in paths:
+            for p in new:
                 try:
                     yield render.read_raster(p)[0]
                 except render.Reject as exc:
                     raise ValueError(f"{p}: unreadable benchmark image ({exc.reason}: {exc.detail})") from exc
-        return self.images(gen())
+        if new:
+            self._file_cache.update(zip(new, self.images(gen())))
+        if not paths:
+            return np.zeros((0, 0), np.float32)
+        return np.stack([self._file_cache[p] for p in paths])
 
     def images_from_dicoms(self, paths: Iterable[str], mode: str) -> np.ndarray:
         """DICOM files (RSNA) rendered with ``mode`` (``reference_rsna`` by default, evaluation.md §4.2)."""

@@ -319,3 +319,101 @@ def rsna_report(y_test, p_test, y_val=None, p_val=None) -> dict:
         out.update({"acc@val": at_val["acc"], "f1@val": at_val["f1"], "tau_val": tau_val,
                     "n_val": int(yv.size), "n_val_pos": int(yv.sum())})
     return out
+
+
+# ------------------------------------------------------------------------------------------ AUROC, own implementation
+def binary_auroc(y, s) -> float:
+    """AUROC as the Mann-Whitney statistic with mid-ranks: ``(R⁺ − n⁺(n⁺+1)/2) / (n⁺ n⁻)``.
+
+    ``R⁺`` is the sum of the (tie-averaged) ranks of the positives' scores, so a tie counts ½, as in
+    ``sklearn.metrics.roc_auc_score`` (tests check the two agree). Raises ValueError without both classes.
+    """
+    yb, s = _binary(y, s)
+    n_pos, n_neg = int(yb.sum()), int((~yb).sum())
+    if not n_pos or not n_neg:
+        raise ValueError("AUROC needs both positive and negative labels")
+    _, inverse, counts = np.unique(s, return_inverse=True, return_counts=True)
+    upper = np.cumsum(counts)  # 1-based rank of the last member of each tie group
+    mid = upper - (counts - 1) / 2.0
+    r_pos = float(mid[inverse][yb].sum())
+    return (r_pos - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def auroc_or_reason(y, s) -> tuple[float | None, str | None]:
+    """``(AUROC, None)``, or ``(None, reason)`` when only one class is present (AUROC undefined, never NaN)."""
+    y = np.asarray(y)
+    n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+    if not n_pos or not n_neg:
+        return None, f"undefined: {n_pos} positive and {n_neg} negative labelled images (needs both)"
+    return binary_auroc(y, s), None
+
+
+def one_vs_rest_auroc(scores, labels, class_names: Sequence[str]) -> dict:
+    """Macro one-vs-rest AUROC of (N, C) class scores: class k's column scores "k vs the rest".
+
+    The raw score column is used (no softmax), so the value does not depend on a temperature. Returns
+    ``{"macro": mean over defined classes or None, "per_class": {name: AUROC or None}, "undefined": {name: why}}``.
+    """
+    s = _as_scores(scores, "scores")
+    labels = np.asarray(labels)
+    if labels.shape != (s.shape[0],) or len(class_names) != s.shape[1]:
+        raise ValueError(f"labels {labels.shape} / {len(class_names)} names do not match scores {s.shape}")
+    per, undefined = {}, {}
+    for k, name in enumerate(class_names):
+        per[name], why = auroc_or_reason((labels == k).astype(int), s[:, k])
+        if why:
+            undefined[name] = why
+    defined = [v for v in per.values() if v is not None]
+    return {"macro": float(np.mean(defined)) if defined else None, "per_class": per, "undefined": undefined}
+
+
+def multilabel_auroc(labels, probs, findings: Sequence[str]) -> dict:
+    """Per-finding AUROC and their macro mean for multi-label zero-shot classification.
+
+    ``labels``: (N, F) with 1 (present), 0 (absent) and NaN (no label: the image does not count for that finding);
+    ``probs``: (N, F) scores, e.g. ``softmax([s⁺, s⁻])₀`` per finding. A finding whose labelled images hold only one
+    class is reported in ``undefined`` with the reason and left out of the macro mean (``n_defined`` says how many
+    findings it averages). Returns ``{"macro", "per_finding": {f: AUROC or None}, "undefined": {f: why},
+    "counts": {f: {"pos", "neg", "unlabelled"}}, "n_defined", "n_findings", "n_images"}``.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    p = np.asarray(probs, dtype=np.float64)
+    if y.ndim != 2 or y.shape != p.shape or y.shape[1] != len(findings):
+        raise ValueError(f"labels {y.shape}, probs {p.shape} and {len(findings)} findings do not match")
+    known = ~np.isnan(y)
+    if not np.isin(y[known], (0.0, 1.0)).all():
+        raise ValueError("labels must be 0, 1 or NaN (unlabelled)")
+    if np.isnan(p).any():
+        raise ValueError("probs contains NaN")
+    per, undefined, counts = {}, {}, {}
+    for j, f in enumerate(findings):
+        m = known[:, j]
+        yj = y[m, j].astype(int)
+        counts[f] = {"pos": int(yj.sum()), "neg": int((yj == 0).sum()), "unlabelled": int((~m).sum())}
+        per[f], why = auroc_or_reason(yj, p[m, j])
+        if why:
+            undefined[f] = why
+    defined = [v for v in per.values() if v is not None]
+    return {"macro": float(np.mean(defined)) if defined else None, "per_finding": per, "undefined": undefined,
+            "counts": counts, "n_defined": len(defined), "n_findings": len(findings), "n_images": int(y.shape[0])}
+
+
+# ---------------------------------------------------------------------------------------------- seeds and spread
+def seed_spread(per_seed: dict) -> dict:
+    """Mean ± sd over seeds of every metric the seeds share: ``{seed: {metric: value}}`` ->
+    ``{metric: {"mean", "sd", "n_seeds", "per_seed": {seed: value}}}``.
+
+    ``sd`` is the sample standard deviation (ddof = 1), None with one seed. A metric missing or non-finite for some
+    seed is summarised over the seeds that have it and says so through ``n_seeds``.
+    """
+    metrics: dict[str, dict] = {}
+    for seed, values in per_seed.items():
+        for k, v in values.items():
+            if isinstance(v, (int, float, np.integer, np.floating)) and not isinstance(v, bool) and np.isfinite(v):
+                metrics.setdefault(k, {})[seed] = float(v)
+    out = {}
+    for k, by_seed in metrics.items():
+        vals = np.array(list(by_seed.values()), dtype=np.float64)
+        out[k] = {"mean": float(vals.mean()), "sd": float(vals.std(ddof=1)) if vals.size > 1 else None,
+                  "n_seeds": int(vals.size), "per_seed": by_seed}
+    return out

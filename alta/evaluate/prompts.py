@@ -8,6 +8,8 @@ Contract:
   severity -> location -> subtype); with ``cleaned=True`` (default) the GLoRIA cleaning of :mod:`textclean` is
   applied, as it is before tokenisation.
 * :data:`RSNA_PROMPT_SETS` / :func:`rsna_prompts`: ``alta_1x1`` (default) and ``biovil_4x4``; raw text, no cleaning.
+* :func:`multilabel_prompts`: one (positive, negative) prompt pair per finding for multi-label zero-shot AUROC
+  (defaults: :data:`MULTILABEL_TEMPLATE`, :data:`MULTILABEL_PHRASES`, :data:`MULTILABEL_PAIRS`); raw text.
 * :func:`class_scores` turns normalised image embeddings and *unnormalised* per-prompt projections into (N, C) scores
   under one of :data:`AGGREGATIONS`; ``mean_embedding`` (the reference) is the default.
 * :data:`TEXT_PROTOCOLS`: per-benchmark text handling (cleaning, pad length, truncation) for the embedding stage.
@@ -100,6 +102,19 @@ RSNA_PROMPT_SETS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
 
 AGGREGATIONS = ("mean_embedding", "mean_cosine", "max_cosine")
 
+# Multi-label zero-shot (CheXzero / CARZero protocol): one positive and one negative prompt per finding, p =
+# softmax([s⁺, s⁻])₀. Default: the template below on the finding's phrase (the name lowercased, "_" -> " ",
+# ChestX-ray14's "Effusion" -> "pleural effusion"), the sentence form of ALTA's RSNA prompts; a few findings whose
+# name is not a noun phrase have their own pair. ``evaluate.multilabel_prompts`` overrides per finding.
+MULTILABEL_TEMPLATE: tuple[str, str] = ("There is {finding}", "There is no {finding}")
+MULTILABEL_PHRASES = {"Effusion": "pleural effusion", "Pleural Other": "other pleural abnormality"}
+MULTILABEL_PAIRS = {
+    "No Finding": ("There is no acute abnormality", "There is an acute abnormality"),
+    "Support Devices": ("There are support devices", "There are no support devices"),
+    **{name: (f"There is a {name.lower()}", f"There is no {name.lower()}")
+       for name in ("Lung Lesion", "Mass", "Nodule", "Fracture", "Hernia")},
+}
+
 
 @dataclass(frozen=True)
 class TextProtocol:
@@ -121,6 +136,7 @@ TEXT_PROTOCOLS: dict[str, TextProtocol] = {
     "convirt_t2i": TextProtocol(clean="none", max_length=20, truncation=False),
     "rsna": TextProtocol(clean="none", max_length=10, truncation=False),
     "mimic_recall": TextProtocol(clean="training", max_length=128, truncation=True),
+    "multilabel": TextProtocol(clean="none", max_length=20, truncation=False),
 }
 
 
@@ -149,6 +165,30 @@ def rsna_prompts(name: str = "alta_1x1") -> tuple[list[str], list[str]]:
         raise ValueError(f"unknown RSNA prompt set {name!r}; choose from {sorted(RSNA_PROMPT_SETS)}")
     pos, neg = RSNA_PROMPT_SETS[name]
     return list(pos), list(neg)
+
+
+def multilabel_prompts(findings: Sequence[str], overrides: Mapping[str, Sequence[str]] | None = None,
+                       template: Sequence[str] = MULTILABEL_TEMPLATE) -> dict[str, tuple[str, str]]:
+    """Finding -> ``(positive prompt, negative prompt)``; ``overrides`` (finding -> [pos, neg]) win over defaults."""
+    overrides = dict(overrides or {})
+    unknown = sorted(set(overrides) - set(findings))
+    if unknown:
+        raise ValueError(f"multilabel_prompts names finding(s) {unknown} that are not evaluated ({list(findings)})")
+    if len(template) != 2 or any("{finding}" not in t for t in template):
+        raise ValueError(f"multilabel template must be two strings containing '{{finding}}', got {template!r}")
+    out = {}
+    for f in findings:
+        if f in overrides:
+            pair = overrides[f]
+            if len(pair) != 2 or not all(isinstance(t, str) and t.strip() for t in pair):
+                raise ValueError(f"multilabel_prompts[{f!r}] must be [positive, negative] strings, got {pair!r}")
+            out[f] = (pair[0], pair[1])
+        elif f in MULTILABEL_PAIRS:
+            out[f] = MULTILABEL_PAIRS[f]
+        else:
+            phrase = MULTILABEL_PHRASES.get(f, f.replace("_", " ").lower())
+            out[f] = (template[0].format(finding=phrase), template[1].format(finding=phrase))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------- aggregation

@@ -34,8 +34,13 @@ def retrieval_examples(sim: np.ndarray, image_ids: list[str], texts: list[str], 
             for i in range(min(n, sim.shape[0]))]
 
 
-def comparison_table(results: dict[str, dict], headline: dict[str, list[str]]) -> pd.DataFrame:
-    """One row per model, one column per ``benchmark.metric`` of ``headline`` present in any model's results."""
+def comparison_table(results: dict[str, dict], headline: dict[str, list[str]], spread: dict | None = None
+                     ) -> pd.DataFrame:
+    """One row per model, one column per ``benchmark.metric`` of ``headline`` present in any model's results.
+
+    With ``spread`` (models trained with several seeds, :func:`alta.evaluate.run.spread_over_seeds`), each seed is
+    its own row (``align_seed0``, ...) and ``<model> (mean)`` / ``<model> (sd)`` rows follow them.
+    """
     rows = []
     for model, benches in results.items():
         row = {"model": model}
@@ -46,6 +51,15 @@ def comparison_table(results: dict[str, dict], headline: dict[str, list[str]]) -
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     row[f"{bench}.{key}"] = float(v)
         rows.append(row)
+    for kind, rec in (spread or {}).items():
+        for stat in ("mean", "sd"):
+            row = {"model": f"{kind} ({stat})"}
+            for bench, keys in headline.items():
+                for key in keys:
+                    v = rec["benchmarks"].get(bench, {}).get(key, {}).get(stat)
+                    if v is not None:
+                        row[f"{bench}.{key}"] = float(v)
+            rows.append(row)
     table = pd.DataFrame(rows)
     cols = ["model"] + [c for c in table.columns if c != "model"]
     return table[cols]
@@ -184,20 +198,70 @@ def _models_section(results: dict[str, dict]) -> list[str]:
     return lines + [""]
 
 
+def _mean_sd(st: dict | None) -> str:
+    if not st:
+        return ""
+    return f"{st['mean']:.4f}" + ("" if st["sd"] is None else f" ± {st['sd']:.4f}")
+
+
+def _spread_rows(spread: dict, bench: str, keys: list[str]) -> list[str]:
+    """Markdown rows ``<model> mean ± sd (n seeds)`` under the per-seed rows of one benchmark table."""
+    lines = []
+    for kind, rec in spread.items():
+        table = rec["benchmarks"].get(bench, {})
+        cells = [f"**{kind}** mean ± sd ({len(rec['seeds'])} seeds)"] + [_mean_sd(table.get(k)) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _finding_table(results: dict[str, dict], spread: dict) -> list[str]:
+    """Per-finding AUROC of the multi-label protocol: one row per finding, one column per model."""
+    models = [m for m in results if "auroc_macro" in results[m].get("multilabel", {})]
+    if not models:
+        return []
+    first = results[models[0]]["multilabel"]
+    findings = [k.split("/", 1)[1] for k in first if k.startswith("auroc/")]
+    cols = models + [f"{k} mean ± sd" for k in spread if "multilabel" in spread[k]["benchmarks"]]
+    lines = ["| finding | positives / negatives | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    for f in findings:
+        c = first["counts"][f]
+        cells = [f, f"{c['pos']} / {c['neg']}"]
+        cells += ["undefined" if results[m]["multilabel"].get(f"auroc/{f}") is None
+                  else f"{results[m]['multilabel'][f'auroc/{f}']:.4f}" for m in models]
+        cells += [_mean_sd(spread[k]["benchmarks"]["multilabel"].get(f"auroc/{f}"))
+                  for k in spread if "multilabel" in spread[k]["benchmarks"]]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    for f, why in first.get("auroc_undefined", {}).items():
+        lines.append(f"- {f}: AUROC {why}; left out of the macro mean")
+    return lines
+
+
 def markdown_report(results: dict[str, dict], table: pd.DataFrame, plots: list[Path],
-                    headline: dict[str, list[str]]) -> str:
-    """The human-readable report: per-benchmark tables, skipped benchmarks with reasons, protocol notes, plots."""
+                    headline: dict[str, list[str]], spread: dict | None = None) -> str:
+    """The human-readable report: per-benchmark tables, skipped benchmarks with reasons, protocol notes, plots.
+
+    With ``spread``, every table has each seed's row and, beside them, the model's mean ± sd over its seeds."""
+    spread = spread or {}
     lines = ["# alta evaluation", ""] + _models_section(results)
+    if spread:
+        for kind, rec in spread.items():
+            rows = ", ".join(rec["labels"].values())
+            lines.append(f"- {kind}: {len(rec['seeds'])} seeds {rec['seeds']} (rows {rows}); "
+                         "mean ± sample sd over seeds (spread.json)")
+        lines.append("")
     for bench, keys in headline.items():
         cols = [c for c in table.columns if c.startswith(bench + ".")]
+        table_rows = table[~table["model"].str.endswith((" (mean)", " (sd)"))]
         skipped = {m: r[bench]["skipped"] for m, r in results.items() if "skipped" in r.get(bench, {})}
         lines += [f"## {bench}", ""]
         if cols:
-            sub = table[["model", *cols]].rename(columns={c: c.split(".", 1)[1] for c in cols})
+            sub = table_rows[["model", *cols]].rename(columns={c: c.split(".", 1)[1] for c in cols})
             lines += ["| " + " | ".join(sub.columns) + " |", "|" + "---|" * len(sub.columns)]
             for _, row in sub.iterrows():
                 cells = [row["model"]] + [("" if pd.isna(v) else f"{v:.4f}") for v in row.iloc[1:]]
                 lines.append("| " + " | ".join(cells) + " |")
+            lines += _spread_rows(spread, bench, [c.split(".", 1)[1] for c in cols])
             lines.append("")
         for m, why in skipped.items():
             lines.append(f"- {m}: skipped ({why})")
@@ -207,8 +271,16 @@ def markdown_report(results: dict[str, dict], table: pd.DataFrame, plots: list[P
         if bench == "heldout" and cols:
             any_res = next((r[bench] for r in results.values() if "n_studies" in r.get(bench, {})), None)
             if any_res:
+                n = any_res["pool_size"]
                 lines.append(f"- pool: {any_res['n_studies']} studies, {any_res['n_unique_texts']} unique texts; "
-                             f"chance R@5 = {any_res['chance_R@5']:.4f}; ties pessimistic.")
+                             f"`_of_{n}` = over a pool of {n} candidates (R@K depends on the pool size); "
+                             f"chance R@5 = {any_res[f'chance_R@5_of_{n}']:.4f}; ties pessimistic.")
+        if bench == "chexpert5x200" and cols:
+            lines.append("- `zeroshot_auroc_macro`: macro one-vs-rest AUROC of each class's prompt score.")
+        if bench == "multilabel" and cols:
+            lines += ["- positive vs negative prompt per finding, p = softmax over the pair; AUROC per finding over "
+                      "the images labelled for it; `auroc_macro` averages the findings where it is defined.", ""]
+            lines += _finding_table(results, spread)
         lines.append("")
     if plots:
         lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in plots] + [""]

@@ -137,6 +137,17 @@ def opt(flag, value):
 
 
 # ---- used by train.smk ----
+def align_seeds():
+    """align.seeds: one align job per seed (default: the align section's seed, else the workflow seed)."""
+    seeds = config["align"].get("seeds")
+    return list(seeds) if seeds else [config["align"].get("seed", config["seed"])]
+
+
+def align_seed(wildcards):
+    """The seed of one align job: its {seed} wildcard with several seeds, else the only one."""
+    return wildcards.get("seed", align_seeds()[0])
+
+
 def trainer_config(stage):
     """The stage's effective trainer settings (recipe + config, resolved in the Snakefile) and the recipe's name,
     as shell-quoted JSON; the workflow seed unless the section sets its own."""
@@ -220,8 +231,12 @@ def eval_checkpoints(wildcards):
     out = {}
     if "mrm" in models:
         out["mrm"] = mrm_weights(wildcards)
-    if "align" in models:
+    seeds = align_seeds()
+    if "align" in models and len(seeds) == 1:
         out["align"] = rules.align.output.ckpt
+    elif "align" in models:  # one per seed: results/align/seed<N>/checkpoint.pt
+        for s in seeds:
+            out[f"align_seed{s}"] = expand(rules.align.output.ckpt, seed=s)[0]
     if "official" in models:
         out["official"] = config["evaluate"]["official_alta"]
     return out
@@ -239,11 +254,18 @@ def align_model_options(wildcards):
 
 
 def eval_model_args(wildcards, input):
+    """--model NAME=CKPT per model; the seeds of align as --model align@SEED=CKPT (reported as mean ± sd)."""
     trusted = {
         "mrm": config["mrm"].get("trust_weights"),
         "official": config["evaluate"].get("trust_official_alta"),
     }
-    models = [f"--model {name}={input[name]}" for name in config["evaluate"]["models"]]
+    models = []
+    for name in config["evaluate"]["models"]:
+        if name == "align" and len(align_seeds()) > 1:
+            for s in align_seeds():
+                models.append(f"--model align@{s}={input[f'align_seed{s}']}")
+        else:
+            models.append(f"--model {name}={input[name]}")
     return " ".join(
         models + [f"--trust {name}" for name, yes in trusted.items() if yes]
     )

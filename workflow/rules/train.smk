@@ -99,6 +99,12 @@ rule mrm:
         " --config-json {params.cfg} >> {log} 2>&1"
 
 
+# align.seeds: one model per seed as separate jobs. One seed (the default) keeps results/align/; several write
+# results/align/seed<N>/ (logs/align/align.seed<N>.log) and evaluate scores each and their mean ± sd.
+ALIGN_OUT = f"{RES}/align" if len(align_seeds()) == 1 else f"{RES}/align/seed{{seed}}"
+ALIGN_TAG = "" if len(align_seeds()) == 1 else ".seed{seed}"
+
+
 rule align:
     input:
         pairs=rules.pair.output.pairs,
@@ -107,18 +113,20 @@ rule align:
         mrm=mrm_weights,
         text=text_dir_input,
     output:
-        ckpt=f"{RES}/align/checkpoint.pt",
-        best=f"{RES}/align/best.pt",
+        ckpt=f"{ALIGN_OUT}/checkpoint.pt",
+        best=f"{ALIGN_OUT}/best.pt",
         curve=report(
-            f"{RES}/align/loss_curve.png",
+            f"{ALIGN_OUT}/loss_curve.png",
             caption="../report/curves.rst",
             category="2. Training",
             subcategory="align",
         ),
     log:
-        "logs/align/align.log",
+        f"logs/align/align{ALIGN_TAG}.log",
     benchmark:
-        "logs/align/align.bench.tsv"
+        f"logs/align/align{ALIGN_TAG}.bench.tsv"
+    wildcard_constraints:
+        seed=r"\d+",
     conda:
         "../../envs/alta.yaml"
     threads: config["align"].get("threads", 2)
@@ -135,7 +143,9 @@ rule align:
         tok=tokenizer_dir,
         text_dir=lambda w: opt("--text-dir", text_dir()),
         trust=trust_flag("mrm", "trust_weights"),
+        seed=align_seed,
     shell:
         torchrun("align") + " --pairs {input.pairs} --images {input.images}"
         " --extract-dir {params.extract} --tokenizer {params.tok} --mrm-weights {input.mrm} {params.text_dir} {params.trust}"
+        " --seed {params.seed}"
         " --out {params.outdir} --config-json {params.cfg} >> {log} 2>&1"
