@@ -10,7 +10,7 @@ localrules:
 rule register_model:
     input:
         # with several align.seeds, the first seed's model is the registered one (each seed is scored by evaluate)
-        ckpt=expand(rules.align.output.ckpt, seed=align_seeds()[0]),
+        ckpt=expand(rules.align.output.ckpt, seed=align_seeds()[0])[0],
     output:
         record=f"{RES}/register/registered_model.json",
     log:
