@@ -460,6 +460,7 @@ def test_a_report_edit_in_a_manifest_reruns_sections_onward_not_extraction(tmp_p
     edited.to_csv(tmp_path / "manifest.csv", index=False)
     assert planned() == {"sections": 1, "pair": 1}
 
-    edited.loc[0, "view_position"] = "AP"  # an image column: exactly the shard holding that row re-extracts
+    # an image column: exactly the shard holding that row re-extracts
+    edited.loc[0, "view_position"] = "PA" if edited.loc[0, "view_position"] != "PA" else "AP"
     edited.to_csv(tmp_path / "manifest.csv", index=False)
     assert planned() == {"extract_shard": 1, "extract_merge": 1, "sections": 1, "pair": 1}
