@@ -255,7 +255,6 @@ def test_param_groups_follow_the_models_own_options():
 
 
 def test_tokenizer_trains_on_the_training_split_only(tmp_path):
-    from alta import io
     from alta.tokenizer import load_tokenizer, main
 
     rows = [("train", f"clear lungs no effusion case {i}") for i in range(30)]
@@ -266,7 +265,6 @@ def test_tokenizer_trains_on_the_training_split_only(tmp_path):
     assert "lungs" in vocab and not any(w in vocab for w in ("zygomaticotemporal", "xylophonist", "##phonist"))
     stats = json.loads((tmp_path / "tok" / "tokenizer_stats.json").read_text())
     assert stats["rows_in"] == 35 and stats["rows"] == 30 and stats["split"] == "train"
-    del io
 
 
 def _headerless_manifest(tmp_path: Path, duplicate: bool = False) -> Path:
