@@ -204,14 +204,16 @@ def test_demo_writes_the_newer_protocols(demo_workflow):
 
 
 def test_align_seeds_plan_one_job_per_seed(demo_workflow):
-    """align.seeds: three seeds are three align jobs (results/align/seed<N>/) and one evaluate; the single-seed
-    outputs of the finished run stay valid (nothing upstream reruns)."""
+    """align.seeds: three seeds are three align jobs (results/align/seed<N>/), one evaluate and the jobs after it
+    (the first seed's model is registered; the report tables follow evaluate); the single-seed outputs of the
+    finished run stay valid (nothing upstream reruns)."""
     work, _ = demo_workflow
     cfg = yaml.safe_load((work / "config.yaml").read_text())
     cfg["align"]["seeds"] = [0, 1, 2]
     alt = work / "config_seeds.yaml"
     alt.write_text(yaml.safe_dump(cfg, sort_keys=False))
-    assert planned_jobs(work, "all", "--configfile", str(alt)) == {"align": 3, "evaluate": 1}
+    assert planned_jobs(work, "all", "--configfile", str(alt)) == {"align": 3, "evaluate": 1, "register_model": 1,
+                                                                   "report_tables": 1}
     out = snakemake(work, "-n", "-p", "all", "--configfile", str(alt)).stdout
     for seed in (0, 1, 2):
         assert f"results/align/seed{seed}/checkpoint.pt" in out and f"--seed {seed}" in out
