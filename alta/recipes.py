@@ -120,6 +120,7 @@ def effective_section(cfg: dict, stage: str) -> dict[str, Any]:
     """The recipe's settings of ``stage`` with the config section's own keys laid over them."""
     own = dict(cfg.get(stage) or {})
     base = settings(stage, resolve_name(cfg))
+    base["seed"] = cfg.get("seed", base["seed"])  # the workflow's seed, unless the section sets its own
     if stage == "text_pretrain" and "preset" not in own:
         base["preset"] = effective_section(cfg, "align")["preset"]  # projection sizes must agree with align's
     return merge(base, own)

@@ -261,8 +261,10 @@ def run(work: Path, quick: bool = False) -> dict:
                 f"target <= {JPEG2000_TARGET:g}x" if key == "real_jpeg2000" else ""),
         ]
     all_files = [f for spec in sets.values() for f in spec["files"]]
-    all_files = all_files * max(1, -(-(16 if quick else 96) // max(1, len(all_files))))  # enough to amortise start-up
-    sc = measure_scaling(all_files, work, 1 if quick else 3)
+    # enough files to amortise the worker pool's start-up (a MIMIC shard has ~37,000), and 5 interleaved repeats:
+    # with 3 repeats of 108 files the figure moved between 1.72x and 1.93x from one run to the next
+    all_files = all_files * max(1, -(-(16 if quick else 216) // max(1, len(all_files))))
+    sc = measure_scaling(all_files, work, 1 if quick else 5)
     details["scaling"] = sc
     for w in (1, 2):
         ps = sc[f"workers_{w}"]["parent_s"]

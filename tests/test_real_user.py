@@ -66,6 +66,11 @@ def test_demo_recipe_and_user_keys_win_over_it():
         "model_options.text_pooling": {"value": "token_mean", "published": "cls"}}
 
 
+def test_the_workflow_seed_reaches_every_training_stage_unless_a_section_sets_its_own():
+    cfg = config.resolve_recipe(_merged({"seed": 7, "mrm": {"seed": 3}}))
+    assert (cfg["text_pretrain"]["seed"], cfg["mrm"]["seed"], cfg["align"]["seed"]) == (7, 3, 7)
+
+
 def test_stage_defaults_are_the_published_recipe():
     from alta import align, mrm
 
