@@ -14,7 +14,7 @@ from test_train import synth  # noqa: E402,F401  (the same synthetic pairs, stor
 
 from alta.tokenizer import split_sentences  # noqa: E402
 
-tp = pytest.importorskip("alta.textpretrain")
+from alta import textpretrain as tp  # noqa: E402
 
 
 def _run(s, out, **cfg):
