@@ -5,12 +5,12 @@ called by the Snakemake rules in ``workflow/rules`` and by the ``alta`` console 
 
 Stages, in pipeline order::
 
-    alta.demo      synthetic MIMIC-CXR-layout dataset (DICOMs, reports, metadata, benchmark files)
-    alta.extract   DICOM / JPG / PNG -> rendered 8-bit images, packed store, images.parquet, rejects.parquet
-    alta.sections  free-text reports -> sections.parquet (MIT-LCP sectioning, training text)
-    alta.pair      images + sections -> pairs.parquet (temporal multi-view rows), pairs_stats.json
-    alta.mrm       masked record modeling pretraining
-    alta.align     ALTA adapter alignment
+    alta.demo.dataset      synthetic MIMIC-CXR-layout dataset (DICOMs, reports, metadata, benchmark files)
+    alta.data.extract   DICOM / JPG / PNG -> rendered 8-bit images, packed store, images.parquet, rejects.parquet
+    alta.data.sections  free-text reports -> sections.parquet (MIT-LCP sectioning, training text)
+    alta.data.pair      images + sections -> pairs.parquet (temporal multi-view rows), pairs_stats.json
+    alta.train.mrm       masked record modeling pretraining
+    alta.train.align     ALTA adapter alignment
     alta.evaluate  benchmark evaluation
 """
 

@@ -13,23 +13,23 @@ import sys
 
 # subcommand -> (module, one-line description)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("alta.demo", "generate the synthetic MIMIC-CXR-layout demo dataset"),
-    "extract": ("alta.extract", "DICOM/JPG/PNG -> rendered images, packed store, images.parquet, rejects.parquet"),
-    "sections": ("alta.sections", "reports -> sections.parquet (MIT-LCP sectioning, training text)"),
-    "pair": ("alta.pair", "images + sections -> temporal multi-view pairs.parquet"),
-    "tokenizer": ("alta.tokenizer", "train a WordPiece tokenizer on the report corpus (no model hub needed)"),
-    "text_pretrain": ("alta.textpretrain", "pretrain the preset BERT on the reports (CXR-BERT stand-in, offline)"),
-    "mrm": ("alta.mrm", "masked record modeling pretraining"),
-    "align": ("alta.align", "ALTA adapter alignment"),
+    "demo": ("alta.demo.dataset", "generate the synthetic MIMIC-CXR-layout demo dataset"),
+    "extract": ("alta.data.extract", "DICOM/JPG/PNG -> rendered images, packed store, images.parquet, rejects.parquet"),
+    "sections": ("alta.data.sections", "reports -> sections.parquet (MIT-LCP sectioning, training text)"),
+    "pair": ("alta.data.pair", "images + sections -> temporal multi-view pairs.parquet"),
+    "tokenizer": ("alta.train.tokenizer", "train a WordPiece tokenizer on the report corpus (no model hub needed)"),
+    "text_pretrain": ("alta.train.text_pretrain", "pretrain the preset BERT on the reports (CXR-BERT stand-in, offline)"),
+    "mrm": ("alta.train.mrm", "masked record modeling pretraining"),
+    "align": ("alta.train.align", "ALTA adapter alignment"),
     "evaluate": ("alta.evaluate.run", "benchmark evaluation"),
-    "register_model": ("alta.register", "log the align checkpoint as an MLflow model and register a version"),
-    "report_tables": ("alta.workflow_report", "the data and benchmark tables of the Snakemake report"),
-    "embed": ("alta.embed", "embed new images or texts with a trained or imported checkpoint"),
-    "zeroshot": ("alta.embed", "zero-shot scores for images against text prompts"),
-    "probe": ("alta.probe", "what frozen features know: [CLS] diversity and linear-probe AUROC per checkpoint"),
+    "register_model": ("alta.report.register", "log the align checkpoint as an MLflow model and register a version"),
+    "report_tables": ("alta.report.tables", "the data and benchmark tables of the Snakemake report"),
+    "embed": ("alta.evaluate.embed", "embed new images or texts with a trained or imported checkpoint"),
+    "zeroshot": ("alta.evaluate.embed", "zero-shot scores for images against text prompts"),
+    "probe": ("alta.evaluate.probe", "what frozen features know: [CLS] diversity and linear-probe AUROC per checkpoint"),
     "params": ("alta.models.params", "print the parameter breakdown of a preset"),
     "config": ("alta.config", "validate a config file against the schema"),
-    "tracking-sync": ("alta.tracking_cli", "replay a local tracking.jsonl into an MLflow server"),
+    "tracking-sync": ("alta.tracking_sync", "replay a local tracking.jsonl into an MLflow server"),
 }
 
 

@@ -10,7 +10,7 @@ before any rule runs. Errors are one line each and name the offending key by its
 Nested option sections (``model_options``: ``AltaOptions`` fields; ``model_overrides``: preset fields) are checked
 key by key and their values by building the options and geometry each training stage will run with
 (:func:`alta.recipes.effective_section`). :func:`check_paths` then names every configured input path that does not
-exist and every column problem of a configured manifest (:mod:`alta.manifest`), also before any work starts.
+exist and every column problem of a configured manifest (:mod:`alta.data.manifest`), also before any work starts.
 :func:`resolve_recipe` (called by the Snakefile after validation) replaces each training section by the settings its
 stage runs with, so the rules' params carry them.
 
@@ -195,7 +195,7 @@ def check_paths(cfg: dict, base: Path | None = None) -> None:
         missing.append("config: evaluate.models: 'official' needs evaluate.official_alta (path to ALTA.pth)")
     manifest = cfg["data"].get("manifest")
     if cfg["data"]["source"] == "manifest" and manifest and (base / manifest).exists():
-        from alta import manifest as M
+        from alta.data import manifest as M
 
         missing += [f"config: data.manifest: {line}" for line in M.problems(base / manifest, need_reports=True)]
     if not missing:

@@ -4,7 +4,7 @@ Snakemake's local executor runs each shell job as a child of its own process and
 running jobs to finish ("Terminating processes on user request, this might take some time"): a training job would
 go on for hours. :func:`forward_interrupt` (installed by ``workflow/rules/common.smk``) makes the first SIGINT send
 SIGTERM to every descendant process (the jobs' shells, torchrun, its workers) and then lets Snakemake handle the
-interrupt as usual. Training processes treat SIGTERM as preemption (``alta.train``): they finish the current step,
+interrupt as usual. Training processes treat SIGTERM as preemption (``alta.train.engine``): they finish the current step,
 write ``last.pt`` and exit, and the next run resumes from it. On a cluster executor the descendants are only its
 status commands; Slurm jobs are cancelled by the executor itself (scancel sends SIGTERM, handled the same way).
 """

@@ -35,7 +35,7 @@ from typing import Any
 STAGES = ("text_pretrain", "mrm", "align")
 RECIPES = ("published", "demo")
 
-# Normalisation constants of the reference transforms (method.md §1.2, §2.9); alta.augment uses the same values.
+# Normalisation constants of the reference transforms (method.md §1.2, §2.9); alta.train.augment uses the same values.
 MRM_MEAN, MRM_STD = 0.4978, 0.2449
 ALTA_MEAN, ALTA_STD = 0.4785, 0.2834
 
@@ -86,6 +86,8 @@ OPERATIONAL = {"num_workers", "log_every", "ckpt_every", "save_every_epochs", "e
 # Keys of a workflow section that configure the job, not the trainer.
 WORKFLOW_KEYS = {"weights", "nproc", "gpus", "threads", "text_dir", "enabled", "trust_weights", "seeds"}
 NESTED = ("model_overrides", "model_options")
+# What a stage reads (paths, and which text encoder align starts from): recorded with the settings, never a setting.
+INPUTS = {"pairs", "images", "sections", "tokenizer", "mrm_weights", "text_dir", "text_encoder"}
 
 
 def defaults(stage: str) -> dict[str, Any]:
@@ -146,7 +148,7 @@ def differences(stage: str, effective: dict) -> dict[str, dict[str, Any]]:
     eff = _flat({k: v for k, v in effective.items() if k not in WORKFLOW_KEYS})
     out: dict[str, dict[str, Any]] = {}
     for k in sorted(eff):
-        if k in OPERATIONAL or k in ("pairs", "images", "tokenizer", "mrm_weights", "text_dir", "text_encoder"):
+        if k in OPERATIONAL or k in INPUTS:
             continue
         published = pub.get(k, _published_nested(k))
         if _norm(eff[k]) != _norm(published):

@@ -1,11 +1,11 @@
-"""Extraction throughput: our per-file worker (``alta.extract.process_file``) vs a naive per-file loop, per core.
+"""Extraction throughput: our per-file worker (``alta.data.extract.process_file``) vs a naive per-file loop, per core.
 
 What is measured, on the same files and in the same process (one thread; see :mod:`bench.run`):
 
 * ``naive``: ``pydicom.dcmread(path).pixel_array`` -> float64 min-max to [0, 1] (inverted for MONOCHROME1) ->
   ``skimage.transform.resize(anti_aliasing=True)`` to a shorter side of 512 -> uint8 -> PNG file via Pillow
   (default settings). This is the per-file loop a first implementation would write.
-* ``ours``: ``alta.extract.process_file`` as the stage's workers run it (validation, whitelisted header row,
+* ``ours``: ``alta.data.extract.process_file`` as the stage's workers run it (validation, whitelisted header row,
   ``mimic_jpg`` rendering with histogram equalisation, antialiased resize, PNG written atomically, i.e.
   ``--png all``, like for like with the naive loop's PNG); its own per-step timings give the breakdown.
 * ``ours, store only``: the same without the inspection PNG: what a MIMIC-scale shard does for nearly every
@@ -22,7 +22,7 @@ What is measured, on the same files and in the same process (one thread; see :mo
 
 File sets: the real DICOMs of ``../shared/data/dicom`` (one set per file: implicit VR 1024^2 8-bit, JPEG baseline
 1024^2, JPEG 2000 1955x1841 15-bit MONOCHROME1), each copied several times (skipped when the folder is absent),
-and large 16-bit explicit-VR DICOMs written by ``alta.demo.write_large`` (MIMIC-sized, 3000x2500 by default).
+and large 16-bit explicit-VR DICOMs written by ``alta.demo.dataset.write_large`` (MIMIC-sized, 3000x2500 by default).
 Targets (architecture.md; issue 17): ours >= 3x naive per core on uncompressed files and >= 5x on the MIMIC-sized
 16-bit set; ours within 1.2x of decode-only on JPEG 2000 (architecture.md: 1.5x); 2 workers >= 1.8x one.
 """
@@ -82,7 +82,7 @@ def decode_only(path: str) -> np.ndarray:
 
 def prepare(work: Path, n_real_copies: int, n_large: int, large_shape: tuple[int, int]) -> dict[str, dict]:
     """Write the file sets under ``work``; return ``{set key: {"desc", "files": [abs paths]}}``."""
-    from alta.demo import write_large
+    from alta.demo.dataset import write_large
 
     sets: dict[str, dict] = {}
     if REAL_DIR.is_dir():
@@ -106,14 +106,14 @@ def prepare(work: Path, n_real_copies: int, n_large: int, large_shape: tuple[int
 
 
 def _tasks(files: list[str], shard: str = "m00"):
-    from alta.extract_inputs import Task
+    from alta.data.inputs import Task
 
     return [Task(path=f, source_path=f, image_id=f"img{i:04d}", subject_id=f"{i:04d}a", study_id=f"5{i:04d}",
                  shard=shard, kind="dicom") for i, f in enumerate(files)]
 
 
 def measure_set(key: str, spec: dict, work: Path, repeats: int) -> dict:
-    from alta import extract
+    from alta.data import extract
 
     files = spec["files"]
     n = len(files)
@@ -163,7 +163,7 @@ def _no_tracking_env():
 
 def measure_scaling(files: list[str], work: Path, repeats: int, workers=(1, 2)) -> dict:
     """Wall time of the whole ``alta extract shard`` stage over ``files`` with 1 and 2 worker processes."""
-    from alta import extract
+    from alta.data import extract
 
     manifest = work / "scaling" / "manifest.csv"
     manifest.parent.mkdir(parents=True, exist_ok=True)

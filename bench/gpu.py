@@ -6,7 +6,7 @@ Usage (repository root, on a machine with a CUDA GPU)::
                         [--out bench/gpu_results.json]
 
 One measured step is what ``alta align`` does per optimiser step on one device: device-side augmentation of
-uint8 views (:class:`alta.augment.AltaTrainAugment`: 448 target + four 224 views), ALTA forward (frozen set,
+uint8 views (:class:`alta.train.augment.AltaTrainAugment`: 448 target + four 224 views), ALTA forward (frozen set,
 bf16 autocast, SDPA attention in the timm ViT blocks and the BERT text encoder), backward, fused AdamW on the
 trainable parameters, logit-scale clamp. Inputs are random uint8 views and random token ids already on the device
 (the loader's cost is measured by ``bench/loader.py``); weights are random (cost does not depend on them).
@@ -68,8 +68,8 @@ class AlignStep:
     def __init__(self, preset: str, batch: int, device, compiled: bool):
         import torch
 
-        from alta import augment as A
-        from alta.models import build_alta, param_groups
+        from alta.models.build import build_alta, param_groups
+        from alta.train import augment as A
 
         self.device, self.batch = device, batch
         torch.manual_seed(0)

@@ -2,10 +2,10 @@
 
 Measured per core (``torch.set_num_threads(1)``, one process, warm page cache), on the same images:
 
-* ``ours``: :class:`alta.data.PairsDataset` (four central 448 crops read from the packed uint8 store through a
-  memory map, sentence shuffle) + :class:`alta.data.Collator` (stacking, tokenisation to 128 tokens): what the
+* ``ours``: :class:`alta.train.loader.PairsDataset` (four central 448 crops read from the packed uint8 store through a
+  memory map, sentence shuffle) + :class:`alta.train.loader.Collator` (stacking, tokenisation to 128 tokens): what the
   CPU pays when the augmentation runs on the GPU.
-* ``ours + CPU augmentation``: the same followed by :class:`alta.augment.AltaTrainAugment` (vit_base geometry:
+* ``ours + CPU augmentation``: the same followed by :class:`alta.train.augment.AltaTrainAugment` (vit_base geometry:
   448 target + 224 views, affine, jitter, normalise) run on CPU tensors: the cost if no GPU did that work.
 * ``reference``: per view ``PIL.Image.open(jpeg).convert("RGB")`` then the reference ALTA transform of
   method.md §2.9 in torchvision (cf: Resize(512, bicubic) + CenterCrop(448); cl/pf/pl: Resize(256, bicubic) +
@@ -15,7 +15,7 @@ Measured per core (``torch.set_num_threads(1)``, one process, warm page cache), 
   512-px JPEGs and on full-size (3000x2500, MIMIC-CXR-JPG-sized) JPEGs, both written at quality 95.
 * ``tokenisation``: the Collator's tokenisation alone (part of both pipelines).
 
-Images: large 16-bit demo DICOMs (``alta.demo.write_large``) rendered with our extraction (``mimic_jpg``): the
+Images: large 16-bit demo DICOMs (``alta.demo.dataset.write_large``) rendered with our extraction (``mimic_jpg``): the
 native 8-bit image is the full-size JPEG; its 512-short-side resize is both the 512-px JPEG and the store entry.
 Target (architecture.md): ours >= 20x cheaper than the 512-px reference per core.
 """
@@ -42,9 +42,9 @@ def prepare(work: Path, n_images: int, n_rows: int, seed: int = 0):
     import pandas as pd
     from PIL import Image
 
-    from alta import render, store
-    from alta.demo import write_large
-    from alta.tokenizer import train_tokenizer
+    from alta.data import render, store
+    from alta.demo.dataset import write_large
+    from alta.train.tokenizer import train_tokenizer
 
     rel = write_large(work / "dicom", n_images, seed=seed, shape=FULL_SHAPE)
     (work / "full").mkdir(parents=True, exist_ok=True)
@@ -95,7 +95,7 @@ class ReferenceLoader:
     """The reference per-sample pipeline over JPEG files (the comparison baseline; not part of alta)."""
 
     def __init__(self, pairs, image_dir: Path, collate, seed: int = 0):
-        from alta.data import VIEW_COLUMNS
+        from alta.train.loader import VIEW_COLUMNS
 
         self.paths = [[str(image_dir / f"{r[c]}.jpg") for c in VIEW_COLUMNS] for _, r in pairs.iterrows()]
         self.texts = pairs["text"].tolist()
@@ -108,7 +108,7 @@ class ReferenceLoader:
         import torch
         from PIL import Image
 
-        from alta.tokenizer import shuffle_sentences
+        from alta.train.tokenizer import shuffle_sentences
 
         imgs = [Image.open(p).convert("RGB") for p in self.paths[i]]
         rng = np.random.default_rng([self.seed, i])
@@ -137,8 +137,8 @@ def _batches(n: int, bs: int) -> list[list[int]]:
 def run(work: Path, quick: bool = False) -> dict:
     import torch
 
-    from alta import augment as A
-    from alta import data as D
+    from alta.train import augment as A
+    from alta.train import loader as D
 
     work = Path(work) / SECTION
     work.mkdir(parents=True, exist_ok=True)

@@ -3,11 +3,11 @@
 For each preset (``tiny``, ``vit_base``) three models are built with random weights (costs do not depend on the
 values) and trained for a few steps on random inputs of the training shapes:
 
-* ``align``: ALTA (:func:`alta.models.build_alta`, ``recommended``) with its frozen set (method.md §2.3): four
+* ``align``: ALTA (:func:`alta.models.build.build_alta`, ``recommended``) with its frozen set (method.md §2.3): four
   views (cf from its 2S target) x 25% visible patches, the text encoder on a clean and a masked copy of 128
   tokens, the MIM decoder, all four losses.
 * ``full``: the same ALTA model with every parameter ``requires_grad`` (full fine-tuning).
-* ``mrm``: MRM (:func:`alta.models.build_mrm`) on a 2S image and a 100-token report.
+* ``mrm``: MRM (:func:`alta.models.build.build_mrm`) on a 2S image and a 100-token report.
 
 A step is ``loss = model(...)["loss"]; loss.backward()`` (no optimiser step: its cost scales with the trainable
 parameters and is reported separately as the trainable fraction). FLOPs are counted on one step with
@@ -29,7 +29,7 @@ from bench.common import interleaved, ratio, row
 
 SECTION = "step_cost"
 SPECIAL = {"pad": 0, "cls": 2, "sep": 3, "mask": 4}
-TEXT_LEN, REPORT_LEN = 128, 100  # align max_length, mrm max_length (alta.align / alta.mrm defaults)
+TEXT_LEN, REPORT_LEN = 128, 100  # align max_length, mrm max_length (alta.train.align / alta.train.mrm defaults)
 VOCAB = {"tiny": (4000, 4000), "vit_base": (30522, 30000)}  # (CXR-BERT text, MRM report); tiny: a demo tokenizer
 ALTA_EPOCHS, MRM_EPOCHS = 30, 200
 ALTA_ROWS_PER_IMAGE = 0.6  # one ALTA row per study is about 0.6x the MIMIC image count (method.md §2.12)
@@ -54,7 +54,7 @@ def inputs(kind: str, cfg, b: int, vocab: int, seed: int = 0) -> tuple:
 
 
 def build(kind: str, preset: str):
-    from alta.models import build_alta, build_mrm
+    from alta.models.build import build_alta, build_mrm
 
     text_v, report_v = VOCAB[preset]
     torch.manual_seed(0)

@@ -9,10 +9,16 @@ import numpy as np
 import pytest
 import torch
 
-from alta.models import build_alta, build_mrm, load_checkpoint, save_checkpoint
-from alta.models.checkpoints import UntrustedCheckpoint, load_mae_encoder, read_checkpoint
-from alta.models.pos_embed import sincos_pos_embed_2d, which_construction
+from alta.models.build import build_alta, build_mrm
+from alta.models.checkpoints import (
+    UntrustedCheckpoint,
+    load_checkpoint,
+    load_mae_encoder,
+    read_checkpoint,
+    save_checkpoint,
+)
 from alta.models.params import build_for_count
+from alta.models.pos_embed import sincos_pos_embed_2d, which_construction
 
 V = 120
 SPECIAL = dict(pad=0, cls=2, sep=3, mask=4)
@@ -361,7 +367,7 @@ def test_text_encoder_from_local_cxr_bert_dir(tmp_path):
 
 
 def test_inference_export_round_trip():
-    from alta.models import inference_state_dict, load_inference_state
+    from alta.models.checkpoints import inference_state_dict, load_inference_state
 
     src = tiny_alta().eval()
     with torch.no_grad():

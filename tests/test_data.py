@@ -1,4 +1,4 @@
-"""Tests for alta.tokenizer, alta.data and alta.augment on a tiny synthetic pairs/images/store set built here."""
+"""Tests for alta.train.tokenizer, alta.train.loader and alta.train.augment on a tiny synthetic pairs/images/store set built here."""
 
 from __future__ import annotations
 
@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 import torch
 
-from alta import augment as A
-from alta import data as D
 from alta import io
-from alta.tokenizer import load_tokenizer, shuffle_sentences, special_ids, split_sentences, train_tokenizer
+from alta.train import augment as A
+from alta.train import loader as D
+from alta.train.tokenizer import load_tokenizer, shuffle_sentences, special_ids, split_sentences, train_tokenizer
 
 SENTENCES = ["No acute cardiopulmonary process.", "Heart size is normal.", "There is a small left effusion.",
              "Lungs are clear?", "Mild atelectasis at the bases.", "Seen by Dr. Smith today.",
@@ -91,7 +91,7 @@ def test_tokenizer_trains_and_round_trips(tok, tmp_path):
 
 
 def test_tokenizer_cli(synth, tmp_path):
-    from alta.tokenizer import main
+    from alta.train.tokenizer import main
 
     assert main(["--texts", str(synth[0]), "--out", str(tmp_path / "tk"), "--vocab-size", "200"]) == 0
     assert (tmp_path / "tk" / "tokenizer.json").exists() and (tmp_path / "tk" / "tokenizer_stats.json").exists()
@@ -245,7 +245,7 @@ def test_eval_transform_matches_resize_centercrop():
 
 def test_mrm_dataset_counts_and_prefix(synth, tok):
     pairs, images = D.load_tables(synth[0], synth[1])
-    from alta.mrm import mrm_texts
+    from alta.train.mrm import mrm_texts
 
     subjects = set(pairs.loc[pairs["split"] == "train", "subject_id"])
     ds = D.MrmDataset(images, mrm_texts(pairs, "findings_impression", None), subjects, synth[2])

@@ -1,4 +1,4 @@
-"""Tests of the synthetic demo dataset generator (alta.demo): layout, ids, determinism, DICOM variety,
+"""Tests of the synthetic demo dataset generator (alta.demo.dataset): layout, ids, determinism, DICOM variety,
 report/image consistency, benchmark formats, planted PHI confinement."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ import pandas as pd
 import pydicom
 import pytest
 
-from alta import demo
-from alta.demo_state import CHEXPERT_LABELS_ALPHA, CHEXPERT_LABELS_ORDER
+from alta.demo import dataset as demo
+from alta.demo.findings import CHEXPERT_LABELS_ALPHA, CHEXPERT_LABELS_ORDER
 
 SMALL = dict(chexpert_per_class=3, image_queries=2, rsna_test=10, rsna_val=6, rsna_size=256)
 

@@ -12,7 +12,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from alta import demo, extract, io, pair, sections
+from alta import io
+from alta.data import extract, pair, sections
+from alta.demo import dataset as demo
 
 TABLES = ["extract/images.parquet", "extract/rejects.parquet",
           "sections/sections.parquet", "sections/rejects.parquet", "pair/pairs.parquet", "pair/dropped.parquet",
@@ -21,21 +23,21 @@ TABLES = ["extract/images.parquet", "extract/rejects.parquet",
 
 def _alta(module, *args) -> None:
     """A stage's CLI entry point, in process (the subprocess path is exercised by test_faults/test_privacy)."""
-    assert {"alta.extract": extract, "alta.sections": sections, "alta.pair": pair}[module].main(
+    assert {"alta.data.extract": extract, "alta.data.sections": sections, "alta.data.pair": pair}[module].main(
         [str(a) for a in args]) == 0
 
 
 def _pipeline(root: Path, out: Path, seed: int, workers: int = 2) -> None:
-    from alta.extract_inputs import list_shards
+    from alta.data.inputs import list_shards
 
     shards = list_shards("mimic", root)
     for shard in shards:
-        _alta("alta.extract", "shard", "--source", "mimic", "--root", root, "--shard", shard, "--out",
+        _alta("alta.data.extract", "shard", "--source", "mimic", "--root", root, "--shard", shard, "--out",
               out / "extract", "--size", "64", "--workers", workers)
-    _alta("alta.extract", "merge", "--out", out / "extract")
-    _alta("alta.sections", "--source", "mimic", "--root", root, "--out", out / "sections")
+    _alta("alta.data.extract", "merge", "--out", out / "extract")
+    _alta("alta.data.sections", "--source", "mimic", "--root", root, "--out", out / "sections")
     # no --split-csv: the hashed split; large fractions so that a seed change moves some subjects
-    _alta("alta.pair", "--images", out / "extract" / "images.parquet", "--sections",
+    _alta("alta.data.pair", "--images", out / "extract" / "images.parquet", "--sections",
           out / "sections" / "sections.parquet", "--out", out / "pair", "--seed", seed, "--val-frac", "0.3",
           "--test-frac", "0.3", "--export-splits", "train,validate,test")
 
@@ -54,7 +56,7 @@ def runs(tmp_path_factory):
                   rsna_size=64)
     _pipeline(root, work / "a", seed=0)
     _pipeline(root, work / "b", seed=0, workers=1)
-    _alta("alta.pair", "--images", work / "a" / "extract" / "images.parquet", "--sections",
+    _alta("alta.data.pair", "--images", work / "a" / "extract" / "images.parquet", "--sections",
           work / "a" / "sections" / "sections.parquet", "--out", work / "c", "--seed", "7", "--val-frac", "0.3",
           "--test-frac", "0.3", "--export-splits", "train,validate,test")
     return work

@@ -20,14 +20,14 @@ from alta import io  # noqa: E402
 from alta.evaluate import benchmarks as B  # noqa: E402
 from alta.evaluate import prompts as P  # noqa: E402
 from alta.evaluate.embedding import Embedder  # noqa: E402
-from alta.models import build_alta  # noqa: E402
-from alta.tokenizer import load_tokenizer, special_ids, train_tokenizer  # noqa: E402
+from alta.models.build import build_alta  # noqa: E402
+from alta.train.tokenizer import load_tokenizer, special_ids, train_tokenizer  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 3-step ALTA checkpoint and a 3-step MRM checkpoint from the real CLIs, on synthetic pairs."""
-    from alta import align, mrm
+    from alta.train import align, mrm
 
     root = tmp_path_factory.mktemp("eval")
     pairs, images, extract = build_synthetic(root)
@@ -93,8 +93,8 @@ def test_evaluate_cli_scores_models_and_reports_skips(trained, tmp_path):
 def test_small_scale_options_reach_the_inference_models(trained, tmp_path):
     """An align run with the demo's small-scale options trains loss_global_cf, its checkpoint embeds with the same
     pooling, and the MRM baseline built with --mrm-options embeds the same features as the aligned model."""
-    from alta import align
     from alta.evaluate.embedding import Embedder
+    from alta.train import align
 
     root, pairs, images, extract = trained
     opts = {"inference_view_loss": True, "image_pooling": "patch_mean", "text_pooling": "token_mean"}
@@ -120,7 +120,7 @@ def test_small_scale_options_reach_the_inference_models(trained, tmp_path):
 
 
 def test_embed_and_zeroshot_cli(trained, tmp_path, capsys):
-    from alta import embed
+    from alta.evaluate import embed
 
     root = trained[0]
     rng = np.random.default_rng(0)
@@ -149,8 +149,9 @@ def test_embed_and_zeroshot_cli(trained, tmp_path, capsys):
 def test_seeds_spread_and_multilabel_auroc_through_the_cli(trained, tmp_path, monkeypatch, mlflow_uri):
     """Two align seeds are scored one by one and as mean ± sd (JSON, report, comparison, MLflow); the multi-label
     protocol reads a generic list with blanks and reports a one-class finding as undefined."""
-    from alta import align, tracking
+    from alta import tracking
     from alta.evaluate import run
+    from alta.train import align
 
     root, pairs, images, extract = trained
     small = {"preset": "tiny", "batch_size": 4, "num_workers": 0, "log_every": 2, "warmup_epochs": 1,

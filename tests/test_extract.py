@@ -1,4 +1,4 @@
-"""alta.extract end to end on a tiny MIMIC tree written here (good and bad files), the packed store, determinism,
+"""alta.data.extract end to end on a tiny MIMIC tree written here (good and bad files), the packed store, determinism,
 input helpers, and the manifest path on the real covid-chestxray images (data.md §2, §7; contracts.md)."""
 
 from __future__ import annotations
@@ -11,14 +11,15 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import covid_manifest
 from PIL import Image
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless
-from conftest import covid_manifest
 from test_render import make_dataset, ramp_image, write_dicom
 from test_render import study_dir as _study
 
-from alta import extract, io, store
-from alta.extract_inputs import list_shards, manifest_shard, shard_files
+from alta import io
+from alta.data import extract, inputs, store
+from alta.data.inputs import list_shards, manifest_shard, shard_files
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SIZE = 48
@@ -252,7 +253,7 @@ def test_png_choice_none_sample_all(mimic_tree, extracted, tmp_path):
                              "--size", str(SIZE), "--workers", str(workers), *args]) == 0
     ref10 = io.read_parquet(extracted / "shards" / "p10" / "images.parquet")
     # the p10 shard's candidates: its inputs not rejected before reading (here every kept image is also a candidate)
-    cand = {t.image_id for t in extract.shard_tasks("mimic", root, "p10") if t.reject is None}
+    cand = {t.image_id for t in inputs.shard_tasks("mimic", root, "p10") if t.reject is None}
     expect_sample = set(sorted(cand, key=lambda i: (zlib.crc32(i.encode()), i))[:2]) & set(ref10["image_id"])
     for name, out in outs.items():
         d = out / "shards" / "p10"
@@ -276,7 +277,7 @@ def test_png_choice_none_sample_all(mimic_tree, extracted, tmp_path):
 
 
 def test_png_sample_ids_rule():
-    from alta.extract_inputs import Task
+    from alta.data.inputs import Task
 
     tasks = [Task(path=f"{i}", source_path=f"{i}", image_id=f"id{i}", subject_id="1", study_id="2", shard="m00",
                   kind="dicom", reject=("missing_file", "x") if i == 3 else None) for i in range(20)]

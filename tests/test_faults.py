@@ -18,12 +18,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEGBaseline8Bit, UID
+from pydicom.uid import UID, JPEGBaseline8Bit
 from test_render import make_dataset, ramp_image, write_dicom
 from test_render import study_dir as _study
 
 from alta import io
-from alta.extract_inputs import manifest_shard
+from alta.data.inputs import manifest_shard
 
 SIZE = 48  # small stored size keeps the suite fast; the rules do not depend on it
 PRIVATE_SYNTAX = "1.2.826.0.1.3680043.2.9999.1"  # a transfer syntax no decoder knows
@@ -130,9 +130,9 @@ def corpus(tmp_path_factory):
 
 
 def _extract_all(root: Path, out: Path, *extra: str) -> list[subprocess.CompletedProcess]:
-    procs = [cli("alta.extract", "shard", "--source", "mimic", "--root", root, "--shard", s, "--out", out,
+    procs = [cli("alta.data.extract", "shard", "--source", "mimic", "--root", root, "--shard", s, "--out", out,
                  "--size", SIZE, "--workers", "1", *extra) for s in ("p10", "p11")]
-    procs.append(cli("alta.extract", "merge", "--out", out))
+    procs.append(cli("alta.data.extract", "merge", "--out", out))
     return procs
 
 
@@ -179,7 +179,7 @@ def test_warning_names_the_unknown_transfer_syntax(extracted):
 
 def test_colour_reject_policy(corpus, tmp_path):
     root, _ = corpus
-    proc = cli("alta.extract", "shard", "--source", "mimic", "--root", root, "--shard", "p10", "--out", tmp_path,
+    proc = cli("alta.data.extract", "shard", "--source", "mimic", "--root", root, "--shard", "p10", "--out", tmp_path,
                "--size", SIZE, "--workers", "1", "--colour", "reject")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rejects = io.read_parquet(tmp_path / "shards" / "p10" / "rejects.parquet").set_index("path")["reason"]
@@ -204,7 +204,7 @@ def test_unparsable_metadata_dates_do_not_fail_extract_and_pair_drops_them(extra
                              "n_words": [4] * 3})
     sec = tmp_path / "sections.parquet"
     io.write_parquet(sec, sections)
-    proc = cli("alta.pair", "--images", out / "images.parquet", "--sections", sec, "--out", tmp_path / "pair")
+    proc = cli("alta.data.pair", "--images", out / "images.parquet", "--sections", sec, "--out", tmp_path / "pair")
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_clean_stderr(proc)
     pairs = io.read_parquet(tmp_path / "pair" / "pairs.parquet")
@@ -215,7 +215,7 @@ def test_unparsable_metadata_dates_do_not_fail_extract_and_pair_drops_them(extra
 
 def test_reports_latin1_nul_empty_no_sections_binary(corpus, tmp_path):
     root, _ = corpus
-    proc = cli("alta.sections", "--source", "mimic", "--root", root, "--out", tmp_path)
+    proc = cli("alta.data.sections", "--source", "mimic", "--root", root, "--out", tmp_path)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert_clean_stderr(proc)
     assert "s50000002.txt: not valid UTF-8" in proc.stderr and "NUL" in proc.stderr
@@ -243,7 +243,7 @@ def test_manifest_paths_that_do_not_exist_are_rejected(tmp_path):
     (tmp_path / "rep").mkdir()
     (tmp_path / "rep" / "t1.txt").write_text(" FINDINGS: Normal heart size and clear lungs.\n")
     shard = manifest_shard("s1", 10)
-    proc = cli("alta.extract", "shard", "--source", "manifest", "--manifest", manifest, "--shard", shard,
+    proc = cli("alta.data.extract", "shard", "--source", "manifest", "--manifest", manifest, "--shard", shard,
                "--out", tmp_path / "out", "--size", SIZE, "--workers", "1")
     assert proc.returncode == 0, proc.stderr[-2000:]
     rej = io.read_parquet(tmp_path / "out" / "shards" / shard / "rejects.parquet").set_index("path")["reason"]
@@ -251,7 +251,7 @@ def test_manifest_paths_that_do_not_exist_are_rejected(tmp_path):
     assert list(rej[rej == "duplicate_image_id"].index) == ["img/a.png"]
     images = io.read_parquet(tmp_path / "out" / "shards" / shard / "images.parquet")
     assert images["image_id"].tolist() == ["a"]
-    proc = cli("alta.sections", "--source", "manifest", "--manifest", manifest, "--out", tmp_path / "sec")
+    proc = cli("alta.data.sections", "--source", "manifest", "--manifest", manifest, "--out", tmp_path / "sec")
     assert proc.returncode == 0, proc.stderr[-2000:]
     srej = io.read_parquet(tmp_path / "sec" / "rejects.parquet")
     assert srej["reason"].tolist() == ["missing_file"] and srej["path"].tolist() == ["rep/gone.txt"]
@@ -274,28 +274,28 @@ def bad_tables(tmp_path_factory):
 def _structural_cases(corpus_root: Path, d: Path, out: Path):
     return {
         "extract_metadata_missing_dicom_id": (
-            ["alta.extract", "shard", "--source", "mimic", "--root", corpus_root, "--metadata", d / "meta_nocol.csv",
+            ["alta.data.extract", "shard", "--source", "mimic", "--root", corpus_root, "--metadata", d / "meta_nocol.csv",
              "--shard", "p10", "--out", out], ["meta_nocol.csv", "dicom_id"]),
         "extract_metadata_binary": (
-            ["alta.extract", "shard", "--source", "mimic", "--root", corpus_root, "--metadata", d / "binary.csv",
+            ["alta.data.extract", "shard", "--source", "mimic", "--root", corpus_root, "--metadata", d / "binary.csv",
              "--shard", "p10", "--out", out], ["binary.csv"]),
         "extract_manifest_missing_column": (
-            ["alta.extract", "shard", "--source", "manifest", "--manifest", d / "manifest_noview.csv", "--shard",
+            ["alta.data.extract", "shard", "--source", "manifest", "--manifest", d / "manifest_noview.csv", "--shard",
              "m00", "--out", out], ["manifest_noview.csv", "view_position"]),
         "extract_root_missing": (
-            ["alta.extract", "shard", "--source", "mimic", "--root", d / "no_such_root", "--shard", "p10", "--out",
+            ["alta.data.extract", "shard", "--source", "mimic", "--root", d / "no_such_root", "--shard", "p10", "--out",
              out], ["no_such_root"]),
         "sections_manifest_missing_column": (
-            ["alta.sections", "--source", "manifest", "--manifest", d / "manifest_nostudy.csv", "--out", out],
+            ["alta.data.sections", "--source", "manifest", "--manifest", d / "manifest_nostudy.csv", "--out", out],
             ["manifest_nostudy.csv", "study_id"]),
         "pair_metadata_missing_columns": (
-            ["alta.pair", "--metadata", d / "meta_nocol.csv", "--assume-reports", "--out", out],
+            ["alta.data.pair", "--metadata", d / "meta_nocol.csv", "--assume-reports", "--out", out],
             ["meta_nocol.csv", "dicom_id"]),
         "pair_images_not_parquet": (
-            ["alta.pair", "--images", d / "binary.csv", "--sections", d / "sections_notext.parquet", "--out", out],
+            ["alta.data.pair", "--images", d / "binary.csv", "--sections", d / "sections_notext.parquet", "--out", out],
             ["binary.csv"]),
         "pair_sections_missing_text": (
-            ["alta.pair", "--images", Path("IMAGES"), "--sections", d / "sections_notext.parquet", "--out", out],
+            ["alta.data.pair", "--images", Path("IMAGES"), "--sections", d / "sections_notext.parquet", "--out", out],
             ["sections_notext.parquet", "text"]),
     }
 

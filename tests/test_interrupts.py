@@ -45,7 +45,7 @@ def tree(tmp_path_factory) -> Path:
 
 
 def _cmd(root: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "alta.extract", "shard", "--source", "mimic", "--root", str(root), "--shard",
+    return [sys.executable, "-m", "alta.data.extract", "shard", "--source", "mimic", "--root", str(root), "--shard",
             "p10", "--out", str(out), "--workers", "1", *extra]
 
 

@@ -16,10 +16,12 @@ import pandas as pd
 import pytest
 import torch
 
-from alta import embed, io, mlflow_model, tracking
+from alta import io, tracking
+from alta.evaluate import embed
 from alta.evaluate.embedding import Embedder
-from alta.models import build_alta
-from alta.tokenizer import load_tokenizer, special_ids, train_tokenizer
+from alta.models.build import build_alta
+from alta.report import mlflow_model
+from alta.train.tokenizer import load_tokenizer, special_ids, train_tokenizer
 
 TEXTS = ["Small left pleural effusion.", "No pneumothorax. Heart size is normal."]
 OPTIONS = {"image_pooling": "patch_mean", "text_pooling": "token_mean"}
@@ -117,7 +119,7 @@ def register_via_stage(root: Path, tmp_path: Path, uri: str, name: str, env: dic
     old = os.environ.get(tracking.CONTEXT_ENV)
     os.environ[tracking.CONTEXT_ENV] = str(ctx_file)
     try:
-        from alta import register
+        from alta.report import register
 
         assert register.main(["--checkpoint", str(root / "checkpoint.pt"), "--tokenizer", str(root / "tokenizer"),
                               "--name", name, "--out", str(tmp_path / "register")]) == 0

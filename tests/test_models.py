@@ -9,9 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from alta.models import build_alta, build_mrm, param_groups
-from alta.models.losses import (caption_lengths, global_contrastive_loss, local_contrastive_loss,
-                                local_similarity)
+from alta.models.build import build_alta, build_mrm, param_groups
+from alta.models.losses import caption_lengths, global_contrastive_loss, local_contrastive_loss, local_similarity
 from alta.models.params import breakdown, build_for_count
 from alta.models.pos_embed import sincos_pos_embed_2d
 from alta.models.text import mlm_mask

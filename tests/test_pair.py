@@ -11,10 +11,10 @@ import pandas as pd
 import pytest
 
 from alta import io
-from alta.pair import main
-from alta.pair_core import PairOptions, build_pairs
-from alta.pair_stats import compute_stats, reference_csv
-from alta.pair_views import hashed_split, parse_study_time, read_split_csv, resolve_view
+from alta.data.coverage import compute_stats, reference_csv
+from alta.data.pair import main
+from alta.data.pairing import PairOptions, build_pairs
+from alta.data.studies import hashed_split, parse_study_time, read_split_csv, resolve_view
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 COVID = SHARED / "covid-chestxray"

@@ -13,14 +13,13 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from alta import io, tracking
-from alta.demo_dicom import ImageSpec, dicom_bytes, uid_from
+from alta.demo.dicom import ImageSpec, dicom_bytes, uid_from
 
 SUBJECTS = {"10000001": ["50000001", "50000002"], "11000002": ["50000003"]}
 CODECS = ["explicit", "implicit", "jpeg_baseline", "j2k", "rle"]
@@ -90,13 +89,13 @@ def pipeline(tmp_path_factory):
     assert ctx_data["parent_run_id"]
     env = {**{k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, tracking.CONTEXT_ENV: str(ctx)}
     res = work / "results"
-    steps = [("extract_p10", ["alta.extract", "shard", "--source", "mimic", "--root", root, "--shard", "p10",
+    steps = [("extract_p10", ["alta.data.extract", "shard", "--source", "mimic", "--root", root, "--shard", "p10",
                               "--out", res / "extract", "--size", "48", "--workers", "2"]),
-             ("extract_p11", ["alta.extract", "shard", "--source", "mimic", "--root", root, "--shard", "p11",
+             ("extract_p11", ["alta.data.extract", "shard", "--source", "mimic", "--root", root, "--shard", "p11",
                               "--out", res / "extract", "--size", "48", "--workers", "1"]),
-             ("extract_merge", ["alta.extract", "merge", "--out", res / "extract"]),
-             ("sections", ["alta.sections", "--source", "mimic", "--root", root, "--out", res / "sections"]),
-             ("pair", ["alta.pair", "--images", res / "extract" / "images.parquet", "--sections",
+             ("extract_merge", ["alta.data.extract", "merge", "--out", res / "extract"]),
+             ("sections", ["alta.data.sections", "--source", "mimic", "--root", root, "--out", res / "sections"]),
+             ("pair", ["alta.data.pair", "--images", res / "extract" / "images.parquet", "--sections",
                        res / "sections" / "sections.parquet", "--out", res / "pair"])]
     for name, args in steps:
         proc = subprocess.run([sys.executable, "-m", *map(str, args)], capture_output=True, text=True, cwd=work,
@@ -159,7 +158,7 @@ def test_no_planted_value_in_mlflow_entities(pipeline):
 
 def test_whitelist_columns_only(pipeline):
     work, _, _, _ = pipeline
-    from alta.render_header import HEADER_COLUMNS
+    from alta.data.dicom_header import HEADER_COLUMNS
 
     images = io.read_parquet(work / "results" / "extract" / "images.parquet")
     assert set(HEADER_COLUMNS) <= set(images.columns)

@@ -1,4 +1,4 @@
-"""Tests for `alta probe` (alta/probe.py): frozen-feature diagnostics per checkpoint."""
+"""Tests for `alta probe` (alta/evaluate/probe.py): frozen-feature diagnostics per checkpoint."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ def test_probe_measures_feature_diversity_and_linear_information(synth, tmp_path
     import numpy as np
     import pandas as pd
 
-    from alta import io, probe
+    from alta import io
+    from alta.evaluate import probe
 
     x = np.random.default_rng(0).normal(size=(60, 8))
     assert probe.mean_pairwise_cosine(np.ones((5, 4))) == pytest.approx(1.0)

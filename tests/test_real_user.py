@@ -72,7 +72,7 @@ def test_the_workflow_seed_reaches_every_training_stage_unless_a_section_sets_it
 
 
 def test_stage_defaults_are_the_published_recipe():
-    from alta import align, mrm
+    from alta.train import align, mrm
 
     for stage, defaults in (("mrm", mrm.DEFAULTS), ("align", align.DEFAULTS)):
         assert {k: v for k, v in defaults.items() if k != "recipe"} == recipes.defaults(stage)
@@ -184,7 +184,7 @@ def test_user_config_plans_the_published_align_job(tmp_path):
         "mlflow": {"tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "experiment": "user"}}))
     proc = _dry_run(tmp_path, user, extra=("align",))
     assert proc.returncode == 0, proc.stderr[-3000:]
-    cmd = next(line for line in proc.stdout.splitlines() if "-m alta.align" in line)
+    cmd = next(line for line in proc.stdout.splitlines() if "-m alta.train.align" in line)
     settings = json.loads(shlex.split(cmd.split("--config-json", 1)[1])[0])
     assert settings["recipe"] == "published"
     assert recipes.differences("align", settings) == {}
@@ -216,8 +216,8 @@ class _Hook:
 
 
 def test_align_refuses_a_weights_file_that_holds_code_unless_trusted(tmp_path, caplog):
-    from alta import align
-    from alta.models import build_mrm
+    from alta.models.build import build_mrm
+    from alta.train import align
 
     sd = build_mrm("tiny", vocab_size=50, pad_token_id=0, mask_token_id=3, cls_token_id=2).state_dict()
     evil = tmp_path / "MRM.pth"
@@ -235,7 +235,7 @@ def test_align_refuses_a_weights_file_that_holds_code_unless_trusted(tmp_path, c
 
 def test_weight_files_records_sha256_and_size(tmp_path):
     from alta import io
-    from alta.trainlog import weight_files
+    from alta.train.stage import weight_files
 
     (tmp_path / "MRM.pth").write_bytes(b"x" * 1000)
     (tmp_path / "bert").mkdir()
@@ -249,7 +249,7 @@ def test_weight_files_records_sha256_and_size(tmp_path):
 
 # ---------------------------------------------------------------------------------------------- small fixes -----
 def test_param_groups_follow_the_models_own_options():
-    from alta.models import build_alta, param_groups
+    from alta.models.build import build_alta, param_groups
 
     ids = dict(pad=0, cls=2, sep=3, mask=4)
     for exempt in (True, False):
@@ -260,7 +260,7 @@ def test_param_groups_follow_the_models_own_options():
 
 
 def test_tokenizer_trains_on_the_training_split_only(tmp_path):
-    from alta.tokenizer import load_tokenizer, main
+    from alta.train.tokenizer import load_tokenizer, main
 
     rows = [("train", f"clear lungs no effusion case {i}") for i in range(30)]
     rows += [("test", "zygomaticotemporal xylophonist quixotically")] * 5
@@ -287,10 +287,10 @@ def _headerless_manifest(tmp_path: Path, duplicate: bool = False) -> Path:
 
 def test_pair_on_headerless_reports_says_what_keeps_them_and_auto_keeps_them(tmp_path, caplog):
     from alta import io
-    from alta.pair import main
+    from alta.data.pair import main
 
     m = _headerless_manifest(tmp_path)
-    with caplog.at_level("WARNING", logger="alta.pair"):
+    with caplog.at_level("WARNING", logger="alta.data.pair"):
         assert main(["--manifest", str(m), "--out", str(tmp_path / "a"), "--export-splits", ""]) == 0
     stats = json.loads((tmp_path / "a" / "pairs_stats.json").read_text())
     assert stats["counts"]["rows"] == 0
@@ -305,7 +305,7 @@ def test_pair_on_headerless_reports_says_what_keeps_them_and_auto_keeps_them(tmp
 
 def test_pair_manifest_reports_duplicate_image_ids_and_goes_on(tmp_path):
     from alta import io
-    from alta.pair import main
+    from alta.data.pair import main
 
     m = _headerless_manifest(tmp_path, duplicate=True)
     assert main(["--manifest", str(m), "--out", str(tmp_path / "o"), "--export-splits", "", "--text-source",
@@ -323,7 +323,7 @@ def official_mrm_file(path: Path, encoder: str = "official") -> Path:
     namespace, the decoder table built by the official code's construction (the encoder's as ``encoder`` says)."""
     from test_checkpoints import _with_tables
 
-    from alta.models import build_mrm
+    from alta.models.build import build_mrm
 
     torch.manual_seed(0)
     sd = build_mrm("tiny", vocab_size=300, pad_token_id=0, mask_token_id=3, cls_token_id=2).state_dict()
@@ -337,8 +337,9 @@ def official_mrm_file(path: Path, encoder: str = "official") -> Path:
 def test_align_cli_starts_from_a_released_mrm_with_mae_encoder_and_official_decoder_tables(tmp_path, caplog):
     from test_data import build_synthetic
 
-    from alta import align, io
-    from alta.tokenizer import train_tokenizer
+    from alta import io
+    from alta.train import align
+    from alta.train.tokenizer import train_tokenizer
 
     pairs, images, extract = build_synthetic(tmp_path)
     train_tokenizer(io.read_parquet(pairs)["text"].tolist(), tmp_path / "tok", vocab_size=300)
@@ -363,7 +364,7 @@ def _align_processes(work: Path) -> list:
     out = []
     for p in psutil.process_iter(["cmdline", "cwd"]):
         try:
-            if "alta.align" in " ".join(p.info["cmdline"] or []) and p.info["cwd"] == str(work):
+            if "alta.train.align" in " ".join(p.info["cmdline"] or []) and p.info["cwd"] == str(work):
                 out.append(p)
         except psutil.Error:
             pass

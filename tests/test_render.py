@@ -1,4 +1,4 @@
-"""alta.render: OpenCV-equivalent equalisation, the three rendering modes, decoding of the real public DICOMs,
+"""alta.data.render: OpenCV-equivalent equalisation, the three rendering modes, decoding of the real public DICOMs,
 MONOCHROME1 handling, bit masking, resizing and the header whitelist (data.md §2)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from alta import render
-from alta.render import Reject
+from alta.data import dicom_header, render
+from alta.data.render import Reject
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -141,7 +141,7 @@ def test_mimic_jpg_truncates_and_matches_elementwise_formula():
 # --- the three public DICOMs ----------------------------------------------------------------------------------
 def test_jpeg2000_monochrome1_renders_dark_lungs_upright():
     ds = render.read_dicom(real("wg04_RG1_J2KI.dcm"))
-    assert render.transfer_syntax(ds) == "1.2.840.10008.1.2.4.91"
+    assert dicom_header.transfer_syntax(ds) == "1.2.840.10008.1.2.4.91"
     arr, info = render.decode_pixels(ds)
     assert info.monochrome1 and not info.bits_masked and arr.shape == (1955, 1841)
     img = render.render(arr, ds, "mimic_jpg", info).astype(float)
@@ -161,16 +161,16 @@ def test_jpeg2000_monochrome1_renders_dark_lungs_upright():
 
 def test_jpeg_baseline_and_implicit_vr_decode():
     ds = render.read_dicom(real("siim_sample.dcm"))
-    assert render.transfer_syntax(ds) == "1.2.840.10008.1.2.4.50"
+    assert dicom_header.transfer_syntax(ds) == "1.2.840.10008.1.2.4.50"
     out = render_ds(ds)
     assert out.shape == (1024, 1024) and out.dtype == np.uint8 and out.max() == 255
-    row = render.header_row(ds)
+    row = dicom_header.header_row(ds)
     assert row["ViewPosition"] == "PA" and row["Modality"] == "CR" and row["BitsStored"] == 8
 
     ds = render.read_dicom(real("nih-cxr14_sample.dcm"))
-    assert render.transfer_syntax(ds) == "1.2.840.10008.1.2"
+    assert dicom_header.transfer_syntax(ds) == "1.2.840.10008.1.2"
     assert render_ds(ds, "reference_rsna").shape == (1024, 1024)
-    row = render.header_row(ds)
+    row = dicom_header.header_row(ds)
     assert row["ViewPosition"] is None and row["StudyDate"] is None and row["Modality"] == "DX"
 
 
@@ -263,7 +263,7 @@ def test_voi_lut_sequence_preferred_over_window():
     ds = roundtrip(ds)
     out = render_ds(ds, "voi")[0].astype(int)
     assert out[0] == 255 and out[-1] == 0 and (np.diff(out) <= 0).all()
-    assert render.header_row(ds)["has_voi_lut_sequence"] is True
+    assert dicom_header.header_row(ds)["has_voi_lut_sequence"] is True
 
 
 def test_reference_rsna_formula():
@@ -349,8 +349,8 @@ def test_header_row_whitelist_only():
     code = Dataset()
     code.CodeMeaning = "postero-anterior"
     ds.ViewCodeSequence = [code]
-    row = render.header_row(roundtrip(ds))
-    assert tuple(row) == render.HEADER_COLUMNS
+    row = dicom_header.header_row(roundtrip(ds))
+    assert tuple(row) == dicom_header.HEADER_COLUMNS
     assert not set(phi) & set(row)
     assert not {str(v) for v in row.values()} & set(phi.values())
     assert row["ViewPosition"] == "PA" and row["StudyTime"] == "80556.875" and row["StudyDate"] == "21800506"

@@ -9,8 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from alta import reports, sections
-from alta.sections import load_overrides, parse_report, section_text, training_text
+from alta.data import report_readers as reports
+from alta.data import sections
+from alta.data.sections import load_overrides, parse_report, section_text, training_text
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 IU_TGZ = SHARED / "iu-xray" / "iu_reports_1-3000.tgz"

@@ -42,10 +42,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+import slurm_harness as harness
 import torch
 import yaml
-
-import slurm_harness as harness
 from conftest import REPO, demo_config
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]

@@ -1,4 +1,4 @@
-"""Tests for the text_pretrain stage (alta.textpretrain): the CXR-BERT stand-in used when no text_dir is given."""
+"""Tests for the text_pretrain stage (alta.train.text_pretrain): the CXR-BERT stand-in used when no text_dir is given."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_train import synth  # noqa: E402,F401  (the same synthetic pairs, store and tokenizer as the trainer tests)
 
-from alta.tokenizer import split_sentences  # noqa: E402
-
-from alta import textpretrain as tp  # noqa: E402
+from alta.train import text_pretrain as tp  # noqa: E402
+from alta.train.tokenizer import split_sentences  # noqa: E402
 
 
 def _run(s, out, **cfg):
@@ -40,10 +39,10 @@ def test_sentence_views_are_deterministic_subsets():
 def test_text_pretrain_learns_and_exports_a_directory_align_loads(synth, tmp_path):
     from safetensors.torch import load_file
 
-    from alta import align
-    from alta.models import build_alta
+    from alta.models.build import build_alta
     from alta.models.presets import PRESETS
-    from alta.tokenizer import load_tokenizer, special_ids
+    from alta.train import align
+    from alta.train.tokenizer import load_tokenizer, special_ids
 
     out = tmp_path / "tp"
     assert _run(synth, out, max_steps=30, blr=0.02, schedule_epochs=20, max_epochs=20) == 0
@@ -91,7 +90,7 @@ def test_schema_sections_list_exactly_each_trainers_keys():
     """config.schema.yaml must accept every trainer key (`--print-defaults`) and nothing the trainer would reject."""
     import yaml
 
-    from alta import align, mrm
+    from alta.train import align, mrm
 
     schema = yaml.safe_load((Path(__file__).resolve().parents[1] / "workflow/schemas/config.schema.yaml").read_text())
     from alta.recipes import WORKFLOW_KEYS

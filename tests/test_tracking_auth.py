@@ -12,11 +12,11 @@ import subprocess
 import sys
 
 import pytest
-
 import slurm_harness as harness
+from conftest import REPO
+
 from alta import config as alta_config
 from alta import tracking
-from conftest import REPO
 
 USER = "alta-test-user"
 
@@ -152,7 +152,7 @@ def test_environment_login_and_refusal_without_one(server, tmp_path, no_env_logi
     monkeypatch.delenv(tracking.USERNAME_ENV)
     monkeypatch.delenv(tracking.PASSWORD_ENV)
     creds = write_credentials(tmp_path / "creds.ini", *server.user)
-    out = subprocess.run([sys.executable, "-m", "alta.tracking_cli", str(tmp_path / "refused" / "tracking.jsonl"),
+    out = subprocess.run([sys.executable, "-m", "alta.tracking_sync", str(tmp_path / "refused" / "tracking.jsonl"),
                           "--tracking-uri", server.url, "--experiment", "auth-env", "--credentials-file", str(creds)],
                          capture_output=True, text=True, env={**os.environ})
     assert out.returncode == 0, out.stderr[-3000:]

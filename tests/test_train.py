@@ -1,4 +1,4 @@
-"""Tests for the training engine (alta.train), the stage CLIs and alta.distributed, on the tiny preset."""
+"""Tests for the training engine (alta.train.engine), the stage CLIs and alta.train.distributed, on the tiny preset."""
 
 from __future__ import annotations
 
@@ -16,12 +16,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_data import build_synthetic  # noqa: E402
 
-from alta import distributed as D  # noqa: E402
 from alta import io  # noqa: E402
-from alta import train as T  # noqa: E402
-from alta.tokenizer import train_tokenizer  # noqa: E402
-
-from alta import models  # noqa: E402  (an import error must fail, not skip)
+from alta.models.build import build_alta  # noqa: E402  (an import error must fail, not skip)
+from alta.train import distributed as D  # noqa: E402
+from alta.train import engine as T  # noqa: E402
+from alta.train.tokenizer import train_tokenizer  # noqa: E402
 
 SMALL = {"preset": "tiny", "batch_size": 4, "num_workers": 0, "log_every": 2, "warmup_epochs": 1, "schedule_epochs": 4,
          "max_epochs": 2, "blr": 1e-2, "val_max_rows": 4}
@@ -69,7 +68,7 @@ def _final_weights(path):
 
 
 def test_align_cli_outputs(synth, tmp_path):
-    from alta import align
+    from alta.train import align
 
     out = tmp_path / "a"
     rc = align.main(["--pairs", str(synth.pairs), "--images", str(synth.images), "--extract-dir", str(synth.extract),
@@ -87,7 +86,7 @@ def test_align_cli_outputs(synth, tmp_path):
 
 
 def test_sigterm_then_resume_matches_uninterrupted_run(synth, tmp_path):
-    from alta import align
+    from alta.train import align
 
     cfg = {**align.DEFAULTS, **SMALL, "max_steps": 4, "ckpt_every": 100}
     info = D.detect({})
@@ -124,7 +123,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(synth, tmp_path):
 
 
 def test_mrm_with_accumulation_and_non_finite_stop(synth, tmp_path):
-    from alta import mrm
+    from alta.train import mrm
 
     cfg = {**mrm.DEFAULTS, **SMALL, "batch_size": 8, "accum_steps": 2, "max_steps": 2, "ckpt_every": 1}
     info = D.detect({})
@@ -192,7 +191,7 @@ def _grads(rank, world, init_file):
     if world > 1:
         torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
     torch.manual_seed(0)
-    model = models.build_alta(preset="tiny", vocab_size=50, special_ids=SPECIAL)
+    model = build_alta(preset="tiny", vocab_size=50, special_ids=SPECIAL)
     model.eval()  # no dropout: the remaining randomness must not differ between the runs
     net = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
     b = [t.chunk(world)[rank] for t in _batch()]
@@ -229,7 +228,7 @@ def test_sigkill_mid_training_then_rerun_resumes_to_the_same_final_step(synth, t
 
     out = tmp_path / "killed"
     cfg = json.dumps({**SMALL, "max_steps": 12, "max_epochs": 20, "ckpt_every": 2, "val_max_rows": 4})
-    cmd = [sys.executable, "-m", "alta.align", "--pairs", str(synth.pairs), "--images", str(synth.images),
+    cmd = [sys.executable, "-m", "alta.train.align", "--pairs", str(synth.pairs), "--images", str(synth.images),
            "--extract-dir", str(synth.extract), "--tokenizer", str(synth.tok), "--out", str(out),
            "--config-json", cfg]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -10,8 +10,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-
 from conftest import snakemake
+
 from alta import tracking
 
 pytestmark = pytest.mark.slow
@@ -104,7 +104,7 @@ def test_second_run_has_nothing_to_do(demo_workflow):
 
 
 def test_registered_model_reproduces_the_checkpoint(demo_workflow, mlflow_uri, tmp_path):
-    from alta import embed
+    from alta.evaluate import embed
 
     work, _ = demo_workflow
     res = work / "results"

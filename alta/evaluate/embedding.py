@@ -4,7 +4,7 @@
 noisy, evaluation.md §6.10) and computes, in fp32 and without masking:
 
 * images: grey uint8 -> Resize(S*256/224, bicubic, antialias) -> CenterCrop(S) -> 3 channels ->
-  Normalize(0.4785, 0.2834) (``alta.augment.eval_transform``) -> ``encode_image`` (CLS of the current-frontal
+  Normalize(0.4785, 0.2834) (``alta.train.augment.eval_transform``) -> ``encode_image`` (CLS of the current-frontal
   embedding, ``projection_head``, L2-normalised);
 * texts: cleaned per the benchmark's :class:`~alta.evaluate.prompts.TextProtocol`, tokenised, ->
   ``encode_text`` (``cls_projection_head`` of [CLS]; normalised or not).
@@ -27,10 +27,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from alta import augment, io, render
+from alta import io
+from alta.data import render
+from alta.data.sections import clean_text
 from alta.evaluate.prompts import TextProtocol
 from alta.evaluate.textclean import gloria_clean
-from alta.sections import clean_text
+from alta.train import augment
 
 log = logging.getLogger("alta.evaluate")
 
@@ -73,9 +75,9 @@ class Embedder:
         ``mrm_preset`` / ``mrm_overrides`` (kind ``mrm``): the geometry of an MRM file that records none (a released
         MRM.pth), normally the align stage's, so that the baseline is the aligned model's architecture.
         ``trust``: the user's opt-in to unpickle a file that holds more than weights (``read_checkpoint``)."""
-        from alta.models import build_alta, load_checkpoint
-        from alta.models.checkpoints import extract_state_dict, read_checkpoint
-        from alta.tokenizer import load_tokenizer, special_ids
+        from alta.models.build import build_alta
+        from alta.models.checkpoints import extract_state_dict, load_checkpoint, read_checkpoint
+        from alta.train.tokenizer import load_tokenizer, special_ids
 
         tok = load_tokenizer(tokenizer_dir)
         obj = read_checkpoint(path, trust=trust)
@@ -164,7 +166,7 @@ class Embedder:
 
     def images_from_store(self, image_ids: Sequence[str], images_path: str, extract_dir: str) -> np.ndarray:
         """Images of the packed store (held-out split), read without decoding."""
-        from alta.data import ImageStore
+        from alta.train.loader import ImageStore
 
         store = ImageStore(io.read_parquet(images_path), extract_dir)
         return self.images(store.read(i) for i in image_ids)

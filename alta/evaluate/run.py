@@ -27,7 +27,6 @@ import re
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 
 from alta import io, tracking

@@ -1,4 +1,4 @@
-"""The builders of the MRM and ALTA models and their optimiser parameter groups (API: ``alta.models``)."""
+"""The builders of the MRM and ALTA models and their optimiser parameter groups (used by the training stages, evaluate and the tests)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from torch import nn
 
 from .alta import ALTA
 from .mrm import MRM, continuation_table
-from .presets import PRESETS, AltaOptions, ModelConfig, resolve_config, resolve_options
+from .presets import ModelConfig, resolve_config, resolve_options
 from .text import build_text_encoder
 
 __all__ = ["build_alta", "build_mrm", "param_groups"]

@@ -1,6 +1,6 @@
-# The code of the alta MLflow model (models-from-code: nothing is pickled). See alta/mlflow_model.py.
+# The code of the alta MLflow model (models-from-code: nothing is pickled). See alta/report/mlflow_model.py.
 import mlflow.models
 
-from alta.mlflow_model import AltaEmbedModel
+from alta.report.mlflow_model import AltaEmbedModel
 
 mlflow.models.set_model(AltaEmbedModel())

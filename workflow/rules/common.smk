@@ -73,10 +73,10 @@ def _split_csv():
 
 
 def shard_names(wildcards=None):
-    from alta import extract
+    from alta.data import inputs
 
     _data_ready()
-    return extract.list_shards(
+    return inputs.list_shards(
         DATA["source"],
         ROOT,
         manifest=DATA.get("manifest"),
@@ -85,10 +85,10 @@ def shard_names(wildcards=None):
 
 
 def shard_input_files(wildcards):
-    from alta import extract
+    from alta.data import inputs
 
     _data_ready()
-    files = extract.shard_files(
+    files = inputs.shard_files(
         DATA["source"],
         ROOT,
         wildcards.shard,
@@ -109,7 +109,7 @@ def shard_digest(wildcards):
     """The digest of a manifest shard's image columns (a param: it changes only when what the shard extracts does)."""
     if DATA["source"] != "manifest":
         return ""
-    from alta import extract_inputs
+    from alta.data import inputs as extract_inputs
 
     return extract_inputs.manifest_shard_digest(
         DATA["manifest"], wildcards.shard, config["extract"]["n_shards"]
@@ -117,7 +117,7 @@ def shard_digest(wildcards):
 
 
 def report_files(wildcards):
-    from alta import sections
+    from alta.data import sections
 
     _data_ready()
     source = "manifest" if DATA["source"] == "manifest" else "mimic"
@@ -200,7 +200,7 @@ def torchrun(stage):
     * Default (``tasks_per_node`` resource 0): ``torchrun --standalone --nproc_per_node=<gpu or nproc>`` on one node.
     * Slurm tasks (``tasks_per_node`` > 0, set in the profile with ``mpi: srun`` and ``nodes``): ``srun`` starts
       ``nodes x tasks_per_node`` ranks across the allocation, one per GPU (``gres: gpu:<tasks_per_node>``) or CPU
-      process; alta.distributed takes rank, world size and local rank from SLURM_* and rank 0's address from the
+      process; alta.train.distributed takes rank, world size and local rank from SLURM_* and rank 0's address from the
       step's node list. ``mpi`` makes the job step plugin run this command in the batch step instead of inside a
       one-task ``srun``, so the inner ``srun`` gets the whole allocation; without it the command refuses to start.
 
@@ -216,7 +216,7 @@ def torchrun(stage):
         f" --cpus-per-task={{threads}} --kill-on-bad-exit=1 {PY}); "
         f"else NPROC=$(( {{resources.gpu}} > 0 ? {{resources.gpu}} : {nproc} )); "
         f"LAUNCH=({PY} -m torch.distributed.run --standalone --nproc_per_node=$NPROC); fi; "
-        f'OMP_NUM_THREADS={{threads}} exec "${{{{LAUNCH[@]}}}}" -m alta.{stage}'
+        f'OMP_NUM_THREADS={{threads}} exec "${{{{LAUNCH[@]}}}}" -m alta.train.{stage}'
     )
 
 

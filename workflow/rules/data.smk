@@ -24,7 +24,7 @@ checkpoint demo_data:
         rsna_test=config["demo"].get("rsna_test", 120),
         rsna_val=config["demo"].get("rsna_val", 60),
     shell:
-        "{params.py} -m alta.demo --out {params.root} --n-patients {params.n_patients} --seed {params.seed}"
+        "{params.py} -m alta.demo.dataset --out {params.root} --n-patients {params.n_patients} --seed {params.seed}"
         " --chexpert-per-class {params.chexpert} --image-queries {params.queries}"
         " --rsna-test {params.rsna_test} --rsna-val {params.rsna_val} > {log} 2>&1"
 
@@ -62,7 +62,7 @@ rule extract_shard:
         png=config["extract"].get("png", "sample"),
         png_sample=config["extract"].get("png_sample", 500),
     shell:
-        "{params.py} -m alta.extract shard --source {params.source} {params.root} {params.manifest} {params.metadata}"
+        "{params.py} -m alta.data.extract shard --source {params.source} {params.root} {params.manifest} {params.metadata}"
         " --shard {wildcards.shard} --out {params.outdir} --render {params.render} --size {params.size}"
         " --workers {threads} --n-shards {params.n_shards} --colour {params.colour}"
         " --png {params.png} --png-sample {params.png_sample} > {log} 2>&1"
@@ -94,7 +94,7 @@ rule extract_merge:
         outdir=lambda w, output: str(Path(output.images).parent),
         shards=lambda w: ",".join(shard_names()),
     shell:
-        "{params.py} -m alta.extract merge --out {params.outdir} --shards {params.shards} > {log} 2>&1"
+        "{params.py} -m alta.data.extract merge --out {params.outdir} --shards {params.shards} > {log} 2>&1"
 
 
 rule sections:
@@ -128,7 +128,7 @@ rule sections:
         min_words=config["sections"].get("min_words", 3),
         overrides=opt("--overrides", config["sections"].get("overrides")),
     shell:
-        "{params.py} -m alta.sections --source {params.source} {params.where} --out {params.outdir}"
+        "{params.py} -m alta.data.sections --source {params.source} {params.where} --out {params.outdir}"
         " --text-source {params.text_source} --min-words {params.min_words} {params.overrides} > {log} 2>&1"
 
 
@@ -163,6 +163,6 @@ rule pair:
         test_frac=config["pair"].get("test_frac", 0.1),
         seed=config["seed"],
     shell:
-        "{params.py} -m alta.pair --images {input.images} --sections {input.sections} {params.split}"
+        "{params.py} -m alta.data.pair --images {input.images} --sections {input.sections} {params.split}"
         " --out {params.outdir} {params.gap} --val-frac {params.val_frac} --test-frac {params.test_frac}"
         " --seed {params.seed} > {log} 2>&1"

@@ -28,7 +28,7 @@ rule register_model:
         tok=lambda w, input: str(Path(input.ckpt).parent / "tokenizer"),
         name=config["mlflow"].get("registered_model", "alta"),
     shell:
-        "OMP_NUM_THREADS=1 {params.py} -m alta.register --checkpoint {input.ckpt} --tokenizer {params.tok}"
+        "OMP_NUM_THREADS=1 {params.py} -m alta.report.register --checkpoint {input.ckpt} --tokenizer {params.tok}"
         " --name {params.name} --out {params.outdir} > {log} 2>&1"
 
 
@@ -74,4 +74,4 @@ rule report_tables:
         results=lambda w, input: str(Path(input.stats).parents[1]),
         logs="logs",
     shell:
-        "{params.py} -m alta.workflow_report --results {params.results} --logs {params.logs} --out {params.outdir} > {log} 2>&1"
+        "{params.py} -m alta.report.tables --results {params.results} --logs {params.logs} --out {params.outdir} > {log} 2>&1"

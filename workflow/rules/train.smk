@@ -23,7 +23,7 @@ rule tokenizer:
         cfg=lambda w: section("tokenizer"),
         vocab=config["tokenizer"].get("vocab_size", 2000),
     shell:
-        "{params.py} -m alta.tokenizer --texts {input.pairs} --out {params.outdir} --vocab-size {params.vocab} > {log} 2>&1"
+        "{params.py} -m alta.train.tokenizer --texts {input.pairs} --out {params.outdir} --vocab-size {params.vocab} > {log} 2>&1"
 
 
 rule text_pretrain:
@@ -55,7 +55,7 @@ rule text_pretrain:
         cfg=lambda w: trainer_config("text_pretrain"),
         tok=tokenizer_dir,
     shell:
-        "OMP_NUM_THREADS={threads} {params.py} -m alta.textpretrain --pairs {input.pairs}"
+        "OMP_NUM_THREADS={threads} {params.py} -m alta.train.text_pretrain --pairs {input.pairs}"
         " --tokenizer {params.tok} --out {params.outdir} --config-json {params.cfg} > {log} 2>&1"
 
 
