@@ -7,7 +7,9 @@ modules as ``python -m alta.<module>``.
 
 from __future__ import annotations
 
+import argparse
 import importlib
+import json
 import logging
 import sys
 
@@ -31,6 +33,37 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "config": ("alta.config", "validate a config file against the schema"),
     "tracking-sync": ("alta.tracking_sync", "replay a local tracking.jsonl into an MLflow server"),
 }
+
+
+SECTION_HELP = ("this stage's config section as JSON (how every rule passes its section): each key is the option "
+                "of the same name (png_sample -> --png-sample); options given on the command line win")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv, workflow_keys=()) -> argparse.Namespace:
+    """``parser.parse_args(argv)`` where ``--config-json '{...}'`` (the stage's config section) gives the defaults of
+    the options of the same names, so a config key, its command-line flag and the variable that holds it share one
+    name. Keys in ``workflow_keys`` configure the job, not the command (``tokenizer.path``), and are skipped; any
+    other key that is not an option, or a value outside an option's choices, is an error naming it."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    target = parser
+    for action in parser._actions:  # a subcommand's options live on its own parser (alta extract shard ...)
+        if isinstance(action, argparse._SubParsersAction) and argv and argv[0] in action.choices:
+            target = action.choices[argv[0]]
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config-json")
+    known, _ = pre.parse_known_args(argv)
+    if known.config_json:
+        section = json.loads(known.config_json)
+        options = {a.dest: a for a in target._actions if a.dest not in ("help", "config_json")}
+        unknown = sorted(set(section) - set(options) - set(workflow_keys))
+        if unknown:
+            target.error(f"--config-json: unknown key(s) {', '.join(unknown)}; known: {', '.join(sorted(options))}")
+        for key, value in section.items():
+            action = options.get(key)
+            if action is not None and action.choices is not None and value not in action.choices:
+                target.error(f"--config-json: {key}={value!r} is not one of {', '.join(map(str, action.choices))}")
+        target.set_defaults(**{k: v for k, v in section.items() if k in options})
+    return parser.parse_args(argv)
 
 
 def _usage() -> str:

@@ -2,14 +2,14 @@
 
 A *recipe* is a complete set of trainer settings for the stages ``text_pretrain``, ``mrm`` and ``align``:
 
-* ``published`` — ALTA and MRM as the paper describes them (method.md §1.5, §2.9): the ``vit_base`` preset, MRM
+* ``published`` — ALTA and MRM as the paper describes them (docs/method.md §1.5, §2.9): the ``vit_base`` preset, MRM
   batch 256 / blr 1.5e-4 / 40 warm-up of 200 epochs, ALTA batch 96 / blr 1.5e-4 / 10 warm-up, cosine laid out over
   100 epochs and stopped at 30, 75 % masking, augmentation, [CLS] pooling; ``mode: recommended`` (the reference's
   defects fixed, each behind its own ``model_options`` switch).
 * ``demo`` — the embedded synthetic demo on 2 CPU cores: the ``tiny`` preset, larger learning rates and more epochs
   for models trained from scratch on ~500 images, and four small-scale switches that are *not* the published method
   (``inference_view_loss``, ``patch_mean`` / ``token_mean`` pooling, ``exclude_missing_views``), with mask ratio 0.5
-  and no augmentation for ``align``. Without them the tiny demo aligns nothing (README, "the demo").
+  and no augmentation for ``align``. Without them the tiny demo aligns nothing (docs/results.md §1).
 
 The workflow key ``recipe`` (top level of the config) chooses one: ``auto`` (the default) is ``demo`` while
 ``demo.enabled`` is true and ``published`` otherwise, so real data never inherits the demo's settings. Every key a
@@ -35,7 +35,7 @@ from typing import Any
 STAGES = ("text_pretrain", "mrm", "align")
 RECIPES = ("published", "demo")
 
-# Normalisation constants of the reference transforms (method.md §1.2, §2.9); alta.train.augment uses the same values.
+# Normalisation constants of the reference transforms (docs/method.md §1.2, §2.9); alta.train.augment uses the same values.
 MRM_MEAN, MRM_STD = 0.4978, 0.2449
 ALTA_MEAN, ALTA_STD = 0.4785, 0.2834
 
@@ -65,7 +65,7 @@ _PUBLISHED: dict[str, dict[str, Any]] = {
                       "mlm_weight": 1.0, "contrastive_weight": 1.0, "min_sentence_fraction": 0.5},
 }
 
-# What the demo recipe changes, per stage (measured on the 150-patient demo; README "the demo").
+# What the demo recipe changes, per stage (measured on the 150-patient demo; docs/results.md §1).
 _DEMO: dict[str, dict[str, Any]] = {
     # text stand-in: small batches give 1,700 updates in about 2 minutes on 2 cores (final view-contrast loss
     # 1.11-1.17, chance ln 16 = 2.77)

@@ -1,6 +1,6 @@
 """MLflow tracking for pipeline stages: one parent run per Snakemake invocation, one child run per stage job.
 
-How runs are wired (architecture.md, MLflow):
+How runs are wired (docs/architecture.md, MLflow):
 
 * The Snakefile's ``onstart`` calls :func:`start_parent`, which creates (once, not raced by jobs) the experiment and
   a parent run, and writes a *tracking context* JSON file: ``{"tracking_uri", "experiment_id", "parent_run_id"}``.

@@ -1,4 +1,4 @@
-"""Performance measurements of alta (architecture.md, "Performance targets"): not tests, never timed assertions.
+"""Performance measurements of alta (docs/architecture.md, "Performance targets"): not tests, never timed assertions.
 
 ``python -m bench.run [--quick] [--only SECTION ...]`` runs the sections (:mod:`bench.extraction`,
 :mod:`bench.loader`, :mod:`bench.step_cost`) and writes ``bench/results.json`` and ``bench/results.md``;

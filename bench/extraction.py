@@ -23,8 +23,8 @@ What is measured, on the same files and in the same process (one thread; see :mo
 File sets: the real DICOMs of ``../shared/data/dicom`` (one set per file: implicit VR 1024^2 8-bit, JPEG baseline
 1024^2, JPEG 2000 1955x1841 15-bit MONOCHROME1), each copied several times (skipped when the folder is absent),
 and large 16-bit explicit-VR DICOMs written by ``alta.demo.dataset.write_large`` (MIMIC-sized, 3000x2500 by default).
-Targets (architecture.md; issue 17): ours >= 3x naive per core on uncompressed files and >= 5x on the MIMIC-sized
-16-bit set; ours within 1.2x of decode-only on JPEG 2000 (architecture.md: 1.5x); 2 workers >= 1.8x one.
+Targets (docs/architecture.md; issue 17): ours >= 3x naive per core on uncompressed files and >= 5x on the MIMIC-sized
+16-bit set; ours within 1.2x of decode-only on JPEG 2000 (docs/architecture.md: 1.5x); 2 workers >= 1.8x one.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""GPU alignment throughput: vit_base ALTA training steps on one CUDA device (architecture.md, GPU target).
+"""GPU alignment throughput: vit_base ALTA training steps on one CUDA device (docs/architecture.md, GPU target).
 
 Usage (repository root, on a machine with a CUDA GPU)::
 

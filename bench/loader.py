@@ -8,7 +8,7 @@ Measured per core (``torch.set_num_threads(1)``, one process, warm page cache), 
 * ``ours + CPU augmentation``: the same followed by :class:`alta.train.augment.AltaTrainAugment` (vit_base geometry:
   448 target + 224 views, affine, jitter, normalise) run on CPU tensors: the cost if no GPU did that work.
 * ``reference``: per view ``PIL.Image.open(jpeg).convert("RGB")`` then the reference ALTA transform of
-  method.md §2.9 in torchvision (cf: Resize(512, bicubic) + CenterCrop(448); cl/pf/pl: Resize(256, bicubic) +
+  docs/method.md §2.9 in torchvision (cf: Resize(512, bicubic) + CenterCrop(448); cl/pf/pl: Resize(256, bicubic) +
   CenterCrop(224); then RandomAffine(20, translate 0.1, scale 0.95-1.05, shear 10), ColorJitter(0.8-1.2,
   0.8-1.2), Grayscale(3), ToTensor, Normalize(0.4785, 0.2834)), with the RNG re-seeded before each member of the
   (cf, pf) and (cl, pl) pairs as the reference does; then stacking and the same tokenisation as ours. Run on
@@ -17,7 +17,7 @@ Measured per core (``torch.set_num_threads(1)``, one process, warm page cache), 
 
 Images: large 16-bit demo DICOMs (``alta.demo.dataset.write_large``) rendered with our extraction (``mimic_jpg``): the
 native 8-bit image is the full-size JPEG; its 512-short-side resize is both the 512-px JPEG and the store entry.
-Target (architecture.md): ours >= 20x cheaper than the 512-px reference per core.
+Target (docs/architecture.md): ours >= 20x cheaper than the 512-px reference per core.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def prepare(work: Path, n_images: int, n_rows: int, seed: int = 0):
 
 
 def reference_transforms():
-    """The reference ALTA training transforms (method.md §2.9) for the current frontal and for the other views."""
+    """The reference ALTA training transforms (docs/method.md §2.9) for the current frontal and for the other views."""
     from torchvision import transforms as T
 
     def tail():

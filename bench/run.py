@@ -105,7 +105,7 @@ def write_outputs(out_dir: Path, result: dict) -> None:
         common.markdown_table(result["rows"]), "",
     ]
     if result["targets"]:
-        md += ["## Targets (architecture.md)", "", "| target | measured | goal | met |", "|---|---:|---|---|"]
+        md += ["## Targets (docs/architecture.md)", "", "| target | measured | goal | met |", "|---|---:|---|---|"]
         md += [f"| {t['name']} | {common.fmt_value(t['value'])} | {t['target']} | {'yes' if t['met'] else 'no'} |"
                for t in result["targets"]]
         md.append("")

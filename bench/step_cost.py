@@ -3,7 +3,7 @@
 For each preset (``tiny``, ``vit_base``) three models are built with random weights (costs do not depend on the
 values) and trained for a few steps on random inputs of the training shapes:
 
-* ``align``: ALTA (:func:`alta.models.build.build_alta`, ``recommended``) with its frozen set (method.md §2.3): four
+* ``align``: ALTA (:func:`alta.models.build.build_alta`, ``recommended``) with its frozen set (docs/method.md §2.3): four
   views (cf from its 2S target) x 25% visible patches, the text encoder on a clean and a masked copy of 128
   tokens, the MIM decoder, all four losses.
 * ``full``: the same ALTA model with every parameter ``requires_grad`` (full fine-tuning).
@@ -13,7 +13,7 @@ A step is ``loss = model(...)["loss"]; loss.backward()`` (no optimiser step: its
 parameters and is reported separately as the trainable fraction). FLOPs are counted on one step with
 ``torch.utils.flop_counter.FlopCounterMode`` (matmuls/convolutions/attention; what the counter registers), split
 into forward and forward+backward. The ALTA/MRM compute over a whole run uses the paper's epochs (30 vs 200) at
-equal samples per epoch, and at 0.6x ALTA rows per epoch (one row per study); method.md §2.12 measured 0.43 and
+equal samples per epoch, and at 0.6x ALTA rows per epoch (one row per study); docs/method.md §2.12 measured 0.43 and
 0.26 against the paper's "< 1/5". Measured, never asserted.
 """
 
@@ -32,7 +32,7 @@ SPECIAL = {"pad": 0, "cls": 2, "sep": 3, "mask": 4}
 TEXT_LEN, REPORT_LEN = 128, 100  # align max_length, mrm max_length (alta.train.align / alta.train.mrm defaults)
 VOCAB = {"tiny": (4000, 4000), "vit_base": (30522, 30000)}  # (CXR-BERT text, MRM report); tiny: a demo tokenizer
 ALTA_EPOCHS, MRM_EPOCHS = 30, 200
-ALTA_ROWS_PER_IMAGE = 0.6  # one ALTA row per study is about 0.6x the MIMIC image count (method.md §2.12)
+ALTA_ROWS_PER_IMAGE = 0.6  # one ALTA row per study is about 0.6x the MIMIC image count (docs/method.md §2.12)
 
 
 def _ids(b: int, t: int, vocab: int, g: torch.Generator, sep: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -134,7 +134,7 @@ def run(presets=("tiny", "vit_base"), quick: bool = False, threads: int | None =
         r["run_flops_alta_vs_mrm_equal_rows"] = r["flops_align_vs_mrm"] * run_scale
         r["run_flops_alta_vs_mrm_study_rows"] = r["flops_align_vs_mrm"] * run_scale * ALTA_ROWS_PER_IMAGE
         r["run_time_alta_vs_mrm_equal_rows"] = r["time_align_vs_mrm"] * run_scale
-        if preset == "vit_base":  # the paper's 7.57 % is the faithful trainable set (method.md §2.11)
+        if preset == "vit_base":  # the paper's 7.57 % is the faithful trainable set (docs/method.md §2.11)
             counts = breakdown(build_for_count("alta", "vit_base", "faithful"))
             r["trainable_fraction_faithful"] = counts["trainable"] / counts["total"]
         details[preset] = r

@@ -9,7 +9,7 @@ Contract:
   makes ``sbatch``/``squeue``/``scancel`` and Snakemake's Slurm executor talk to this cluster only.
 * :func:`start_mlflow_server(root)` starts ``python -m mlflow server`` (sqlite backend, proxied artifact store) on a
   free port and waits for ``/health``; it returns an :class:`MlflowServer` with its ``url``. With ``auth=True`` it
-  runs MLflow's basic-auth app (``--app-name basic-auth``, the README's server recipe): a generated auth config
+  runs MLflow's basic-auth app (``--app-name basic-auth``, the server recipe of docs/cluster.md): a generated auth config
   (``default_permission = NO_PERMISSIONS``, users in ``root/basic_auth.db``), a random admin password and Flask
   secret; :meth:`MlflowServer.create_user` adds a user through the admin REST API.
 * Both raise :class:`Unavailable` (with the daemon log tails in the message) when the machine cannot host them:

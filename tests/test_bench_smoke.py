@@ -1,6 +1,6 @@
 """Smoke test of the bench command: ``bench/run.py --quick --only extraction`` runs and writes valid results.
 
-No timing is asserted (architecture.md: performance is measured by bench/, never by timed assertions in tests);
+No timing is asserted (docs/architecture.md: performance is measured by bench/, never by timed assertions in tests);
 only that the command works end to end and that its outputs have the documented structure.
 """
 

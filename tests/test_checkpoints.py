@@ -1,4 +1,4 @@
-"""Checkpoint compatibility (method.md §5): official key layouts, MRM.pth -> ALTA, CXR-BERT directory, round trip."""
+"""Checkpoint compatibility (docs/method.md §5): official key layouts, MRM.pth -> ALTA, CXR-BERT directory, round trip."""
 
 from __future__ import annotations
 
@@ -93,7 +93,7 @@ def _image_keys(c) -> dict[str, tuple]:
 
 
 def expected_alta_keys(c, vocab: int) -> dict[str, tuple]:
-    """method.md §5.2 at the geometry of config ``c``."""
+    """docs/method.md §5.2 at the geometry of config ``c``."""
     d, n, p = c.embed_dim, c.num_patches, c.proj_dim
     out = _image_keys(c)
     out.update({"missing_token": (1, n, d), "temporal_embedding": (1, 2, d), "view_embedding": (1, 2, d),
@@ -113,7 +113,7 @@ def expected_alta_keys(c, vocab: int) -> dict[str, tuple]:
 
 
 def expected_mrm_keys(c, vocab: int) -> dict[str, tuple]:
-    """method.md §5.3 at the geometry of config ``c``."""
+    """docs/method.md §5.3 at the geometry of config ``c``."""
     out = _image_keys(c)
     out.update({"bert_mlp.weight": (c.report_hidden, c.embed_dim), "bert_mlp.bias": (c.report_hidden,)})
     h = c.report_hidden

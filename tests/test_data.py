@@ -6,64 +6,14 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
+from conftest import build_synthetic
 
 from alta import io
 from alta.train import augment as A
 from alta.train import loader as D
 from alta.train.tokenizer import load_tokenizer, shuffle_sentences, special_ids, split_sentences, train_tokenizer
-
-SENTENCES = ["No acute cardiopulmonary process.", "Heart size is normal.", "There is a small left effusion.",
-             "Lungs are clear?", "Mild atelectasis at the bases.", "Seen by Dr. Smith today.",
-             "No pneumothorax.", "Stable cardiomediastinal silhouette."]
-
-
-def build_synthetic(root: Path, n_subjects: int = 8, studies: int = 3, short: int = 128, seed: int = 0):
-    """Write a packed store + images.parquet + pairs.parquet in the contract formats; return their paths."""
-    rng = np.random.default_rng(seed)
-    shard_dir = root / "shards" / "m00"
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    store = shard_dir / "store.u8"
-    img_rows, pair_rows, off = [], [], 0
-    with open(store, "wb") as fh:
-        for s in range(n_subjects):
-            subj = f"{s:03d}a"
-            split = "validate" if s >= n_subjects - 3 else "train"
-            prev = None
-            for k in range(studies):
-                study = f"5{s:02d}{k}"
-                views = {"PA": f"{study}f"}
-                if (s + k) % 3 != 0:
-                    views["LATERAL"] = f"{study}l"
-                if k % 2 == 1:
-                    views["AP"] = f"{study}g"  # a second frontal -> two rows of one study
-                for vp, iid in sorted(views.items(), key=lambda kv: kv[1]):
-                    h, w = (short, short + 16) if vp != "LATERAL" else (short + 8, short)
-                    img = rng.integers(0, 256, (h, w), dtype=np.uint8)
-                    img.tofile(fh)
-                    img_rows.append(dict(image_id=iid, subject_id=subj, study_id=study, shard="m00",
-                                         ViewPosition=vp, store_file="shards/m00/store.u8", store_offset=off,
-                                         height=h, width=w))
-                    off += h * w
-                text = " ".join(rng.permutation(SENTENCES)[: 2 + (s + k) % 4])
-                for vp in ("PA", "AP"):
-                    if vp not in views:
-                        continue
-                    pair_rows.append(dict(
-                        subject_id=subj, study_id=study, dicom_id=views[vp], view_position=vp, split=split,
-                        cl_dicom_id=views.get("LATERAL"), prior_study_id=prev and prev[0],
-                        pf_dicom_id=prev and prev[1].get("PA"), pl_dicom_id=prev and prev[1].get("LATERAL"),
-                        text=text, text_source="findings+impression", n_words=len(text.split())))
-                prev = (study, views)
-    images = pd.DataFrame(img_rows)
-    pairs = pd.DataFrame(pair_rows)
-    for c in ("cl_dicom_id", "prior_study_id", "pf_dicom_id", "pl_dicom_id"):
-        pairs[c] = pairs[c].astype("string")
-    io.write_parquet(root / "images.parquet", images)
-    io.write_parquet(root / "pairs.parquet", pairs)
-    return root / "pairs.parquet", root / "images.parquet", root
 
 
 @pytest.fixture(scope="module")

@@ -3,25 +3,24 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import (
+    build_synthetic,
+    shared_data,
+)
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import shared_data  # noqa: E402
-from test_data import build_synthetic  # noqa: E402
-
-from alta import io  # noqa: E402
-from alta.evaluate import benchmarks as B  # noqa: E402
-from alta.evaluate import prompts as P  # noqa: E402
-from alta.evaluate.embedding import Embedder  # noqa: E402
-from alta.models.build import build_alta  # noqa: E402
-from alta.train.tokenizer import load_tokenizer, special_ids, train_tokenizer  # noqa: E402
+from alta import io
+from alta.evaluate import benchmarks as B
+from alta.evaluate import prompts as P
+from alta.evaluate.embedding import Embedder
+from alta.models.build import build_alta
+from alta.train.tokenizer import load_tokenizer, special_ids, train_tokenizer
 
 
 @pytest.fixture(scope="module")

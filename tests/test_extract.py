@@ -1,5 +1,5 @@
 """alta.data.extract end to end on a tiny MIMIC tree written here (good and bad files), the packed store, determinism,
-input helpers, and the manifest path on the real covid-chestxray images (data.md §2, §7; contracts.md)."""
+input helpers, and the manifest path on the real covid-chestxray images (docs/data.md §2, §7; docs/architecture.md)."""
 
 from __future__ import annotations
 
@@ -11,11 +11,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import covid_manifest
+from conftest import covid_manifest, make_dataset, ramp_image, write_dicom
+from conftest import study_dir as _study
 from PIL import Image
 from pydicom.uid import ImplicitVRLittleEndian, RLELossless
-from test_render import make_dataset, ramp_image, write_dicom
-from test_render import study_dir as _study
 
 from alta import io
 from alta.data import extract, inputs, store

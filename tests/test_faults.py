@@ -16,11 +16,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import make_dataset, ramp_image, write_dicom
+from conftest import study_dir as _study
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import UID, JPEGBaseline8Bit
-from test_render import make_dataset, ramp_image, write_dicom
-from test_render import study_dir as _study
 
 from alta import io
 from alta.data.inputs import manifest_shard

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from test_render import make_dataset, write_dicom
+from conftest import make_dataset, write_dicom
 
 from alta import tracking
 

@@ -1,4 +1,4 @@
-"""Metric and aggregation tests on synthetic embeddings (evaluation.md §6 pitfalls)."""
+"""Metric and aggregation tests on synthetic embeddings (docs/evaluation.md §6 pitfalls)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Models of method.md §1-§2: parameter counts, trainable set, adapter init, masking, losses, overfitting."""
+"""Models of docs/method.md §1-§2: parameter counts, trainable set, adapter init, masking, losses, overfitting."""
 
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ def image_batch(b=4, seed=0):
     return cf, views, present
 
 
-# ---------------------------------------------------------------- parameter counts (method.md §1.1, §2.11)
+# ---------------------------------------------------------------- parameter counts (docs/method.md §1.1, §2.11)
 @pytest.mark.parametrize("mode,trainable", [("faithful", 18_333_502), ("recommended", 18_924_094)])
 def test_vit_base_alta_counts(mode, trainable):
     info = breakdown(build_for_count("alta", "vit_base", mode))
@@ -90,7 +90,7 @@ def test_params_cli(capsys, tmp_path):
     assert json.loads((tmp_path / "p.json").read_text())["trainable"] == 18_333_502
 
 
-# ---------------------------------------------------------------- trainable set (method.md §2.3)
+# ---------------------------------------------------------------- trainable set (docs/method.md §2.3)
 def test_trainable_set_matches_spec():
     for mode in ("faithful", "recommended"):
         m = build_for_count("alta", "vit_base", mode)
@@ -125,7 +125,7 @@ def test_full_decoder_and_learned_missing_token_options():
     assert m.missing_token.requires_grad
 
 
-# ---------------------------------------------------------------- adapters at step 0 (method.md §2.4, §2.5)
+# ---------------------------------------------------------------- adapters at step 0 (docs/method.md §2.4, §2.5)
 def _run_encoder(m, x):
     tok = m.add_cls(m.embed_patches(x) + m.pos_embed[:, 1:])
     return m.run_blocks(tok)
@@ -201,7 +201,7 @@ def test_text_layer_formula_with_hooks():
         assert torch.allclose(clone(x), layer.output.forward(layer.intermediate(a2), a2), atol=1e-5)
 
 
-# ---------------------------------------------------------------- masking and shapes (method.md §1.3, §2.6)
+# ---------------------------------------------------------------- masking and shapes (docs/method.md §1.3, §2.6)
 def test_random_masking_vit_base_geometry():
     x = torch.randn(3, 196, 8)
     kept, mask, ids_restore = random_masking(x, 0.75, torch.Generator().manual_seed(0))
@@ -303,7 +303,7 @@ def test_mrm_whole_word_masking():
     assert 0.45 < float(rate) < 0.55
 
 
-# ---------------------------------------------------------------- losses (method.md §2.8, §3 #1)
+# ---------------------------------------------------------------- losses (docs/method.md §2.8, §3 #1)
 def _simulate_ranks(fn, per_rank_args, world):
     """Run ``fn(*args, gather=...)`` per simulated rank: the gather of call k returns the concatenation of call k's
     tensors of all ranks, the local one keeping its graph (what all_gather with gradient gives)."""
@@ -444,7 +444,7 @@ def test_mrm_losses_decrease_on_one_batch():
 
 
 def test_every_trainable_parameter_gets_a_gradient():
-    """DDP without find_unused_parameters needs a gradient for every trainable parameter (method.md §3 #11)."""
+    """DDP without find_unused_parameters needs a gradient for every trainable parameter (docs/method.md §3 #11)."""
     m = tiny_alta(options={"learned_missing_token": True}).train()
     cf, views, present = image_batch()
     ids, am = text_batch()
@@ -468,7 +468,7 @@ def test_build_mrm_from_wordpiece_tokenizer():
     assert m.is_continuation.tolist() == [False] * 5 + [True, False, True]
 
 
-# ---------------------------------------------------------------- small-scale options (AltaOptions, README demo)
+# ---------------------------------------------------------------- small-scale options (AltaOptions, docs/results.md §1)
 SMALL_SCALE = {"inference_view_loss": True, "image_pooling": "patch_mean", "text_pooling": "token_mean",
                "exclude_missing_views": True}
 

@@ -1,4 +1,4 @@
-"""Tests of the pairing stage (data.md §4): hand-built timelines, outputs, CLI modes, covid-chestxray subset."""
+"""Tests of the pairing stage (docs/data.md §4): hand-built timelines, outputs, CLI modes, covid-chestxray subset."""
 
 from __future__ import annotations
 
@@ -350,7 +350,7 @@ def test_covid_chestxray_manifest_pairing(tmp_path):
                 expected.add(pid)
     got = set(pairs.loc[pairs["cl_dicom_id"].notna() & pairs["pf_dicom_id"].notna(), "subject_id"])
     assert got == expected and "13" in got
-    assert len(got) == 9  # on the 314 images present (data.md's 10 counts patient 92, whose images are absent)
+    assert len(got) == 9  # on the 314 images present (docs/data.md's 10 counts patient 92, whose images are absent)
 
 
 def test_manifest_mode_split_column_report_paths_and_sectioned_text(tmp_path):

@@ -1,4 +1,4 @@
-"""Privacy (issue 6; data.md §2.3): DICOM header values outside the whitelist never leave extraction.
+"""Privacy (issue 6; docs/data.md §2.3): DICOM header values outside the whitelist never leave extraction.
 
 DICOMs with distinctive planted values in every standard identifying attribute (and private tags, free-text
 comments, identifying UIDs), in several transfer syntaxes, kept and rejected, go through extract -> sections ->

@@ -3,13 +3,8 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import synth  # noqa: E402,F401  (synthetic pairs, packed store and tokenizer)
 
 
 def test_probe_measures_feature_diversity_and_linear_information(synth, tmp_path):

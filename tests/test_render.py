@@ -1,5 +1,5 @@
 """alta.data.render: OpenCV-equivalent equalisation, the three rendering modes, decoding of the real public DICOMs,
-MONOCHROME1 handling, bit masking, resizing and the header whitelist (data.md §2)."""
+MONOCHROME1 handling, bit masking, resizing and the header whitelist (docs/data.md §2)."""
 
 from __future__ import annotations
 
@@ -9,64 +9,14 @@ from pathlib import Path
 import numpy as np
 import pydicom
 import pytest
+from conftest import make_dataset, ramp_image
 from PIL import Image
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+from pydicom.dataset import Dataset
 
 from alta.data import dicom_header, render
 from alta.data.render import Reject
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
-
-
-def make_dataset(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None,
-                 modality: str = "DX", signed: bool = False, syntax: str = ExplicitVRLittleEndian,
-                 frames: int = 1, **extra) -> Dataset:
-    """A minimal single-image DICOM dataset (uncompressed) around ``pixels`` (2-D, or (r, c, 3) for RGB)."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = syntax
-    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
-    ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-    ds.Modality = modality
-    colour = pixels.ndim == 3 and frames == 1
-    ds.SamplesPerPixel = 3 if colour else 1
-    ds.PhotometricInterpretation = "RGB" if colour else photometric
-    if colour:
-        ds.PlanarConfiguration = 0
-    if frames > 1:
-        ds.NumberOfFrames = frames
-    ds.Rows, ds.Columns = pixels.shape[-3:-1] if colour else pixels.shape[-2:]
-    alloc = pixels.dtype.itemsize * 8
-    ds.BitsAllocated, ds.BitsStored = alloc, bits_stored or alloc
-    ds.HighBit = ds.BitsStored - 1
-    ds.PixelRepresentation = 1 if signed else 0
-    for k, v in extra.items():
-        setattr(ds, k, v)
-    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
-    return ds
-
-
-def ramp_image(shape=(60, 80), bits=12, seed=0, lo=0.5, noise=0.05) -> np.ndarray:
-    """A smooth, slightly noisy ramp stored in ``bits`` bits: a radiograph stand-in that every codec can encode."""
-    rng = np.random.default_rng(seed)
-    base = np.linspace(0, 1, shape[1])[None, :] * np.linspace(lo, 1, shape[0])[:, None]
-    return (np.clip(base + rng.normal(0, noise, shape), 0, 1) * (2 ** bits - 1)).astype(np.uint16)
-
-
-def study_dir(root: Path, subject: str, study: str) -> Path:
-    """``files/pXX/pSUBJECT/sSTUDY`` under ``root`` (MIMIC-CXR layout), created."""
-    d = root / "files" / f"p{subject[:2]}" / f"p{subject}" / f"s{study}"
-    d.mkdir(parents=True, exist_ok=True)
-    return d
-
-
-def write_dicom(path: Path, ds: Dataset) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
-    return path
 
 
 def roundtrip(ds: Dataset) -> Dataset:
@@ -385,7 +335,7 @@ def test_render_image_is_render(mode):
 
 def test_blocked_gather_and_int16_minmax():
     """_take equals fancy indexing for any block split; signed 16-bit input (wide ranges that overflowed int16
-    arithmetic) renders as the float64 formula of data.md §2.1."""
+    arithmetic) renders as the float64 formula of docs/data.md §2.1."""
     rng = np.random.default_rng(3)
     lut = rng.integers(0, 256, 5000).astype(np.uint8)
     for shape in ((1, 7), (3, 1), (700, 333), (2, 200_000)):

@@ -191,16 +191,6 @@ def cluster(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp_path_factory):
-    try:
-        s = harness.start_mlflow_server(tmp_path_factory.mktemp("mlflow-server"), auth=True)
-    except harness.Unavailable as exc:
-        pytest.skip(f"cannot start an MLflow server: {exc}")
-    yield s
-    s.stop()
-
-
-@pytest.fixture(scope="module")
 def pipeline_login(tmp_path_factory, mlflow_server):
     """The jobs' user on the server and its credentials file (outside the working directory, mode 600)."""
     login = (PIPELINE_USER, secrets.token_urlsafe(18))

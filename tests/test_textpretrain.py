@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_train import synth  # noqa: E402,F401  (the same synthetic pairs, store and tokenizer as the trainer tests)
-
-from alta.train import text_pretrain as tp  # noqa: E402
-from alta.train.tokenizer import split_sentences  # noqa: E402
+from alta.train import text_pretrain as tp
+from alta.train.tokenizer import split_sentences
 
 
 def _run(s, out, **cfg):
@@ -67,7 +63,7 @@ def test_text_pretrain_learns_and_exports_a_directory_align_loads(synth, tmp_pat
     assert torch.equal(emb, weights["bert.embeddings.word_embeddings.weight"])
     assert torch.equal(m.bert_encoder.cls_projection_head.dense_to_output.weight,
                        weights["cls_projection_head.dense_to_output.weight"])
-    # local head starts as a copy of the pretrained [CLS] head (method.md §2.2), the backbone stays frozen
+    # local head starts as a copy of the pretrained [CLS] head (docs/method.md §2.2), the backbone stays frozen
     assert torch.equal(m.bert_encoder.local_projection_head.dense_to_output.weight,
                        weights["cls_projection_head.dense_to_output.weight"])
     assert not emb.requires_grad

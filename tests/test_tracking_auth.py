@@ -12,7 +12,6 @@ import subprocess
 import sys
 
 import pytest
-import slurm_harness as harness
 from conftest import REPO
 
 from alta import config as alta_config
@@ -79,16 +78,11 @@ def test_config_check_reports_a_bad_credentials_file(tmp_path):
 
 # ------------------------------------------------------------------------------ a real auth server ------------
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
-    try:
-        s = harness.start_mlflow_server(tmp_path_factory.mktemp("auth-server"), auth=True)
-    except harness.Unavailable as exc:
-        pytest.skip(f"cannot start an MLflow basic-auth server: {exc}")
+def server(mlflow_server):
     password = secrets.token_urlsafe(16)
-    s.create_user(USER, password)
-    s.user = (USER, password)
-    yield s
-    s.stop()
+    mlflow_server.create_user(USER, password)
+    mlflow_server.user = (USER, password)
+    return mlflow_server
 
 
 @pytest.fixture()

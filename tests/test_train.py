@@ -13,30 +13,31 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_data import build_synthetic  # noqa: E402
-
-from alta import io  # noqa: E402
-from alta.models.build import build_alta  # noqa: E402  (an import error must fail, not skip)
-from alta.train import distributed as D  # noqa: E402
-from alta.train import engine as T  # noqa: E402
-from alta.train.tokenizer import train_tokenizer  # noqa: E402
+from alta.models.build import build_alta
+from alta.train import distributed as D
+from alta.train import engine as T
 
 SMALL = {"preset": "tiny", "batch_size": 4, "num_workers": 0, "log_every": 2, "warmup_epochs": 1, "schedule_epochs": 4,
          "max_epochs": 2, "blr": 1e-2, "val_max_rows": 4}
 
 
-@pytest.fixture(scope="module")
-def synth(tmp_path_factory):
-    root = tmp_path_factory.mktemp("train")
-    pairs, images, extract = build_synthetic(root)
-    train_tokenizer(io.read_parquet(pairs)["text"].tolist(), root / "tok", vocab_size=300)
-    return SimpleNamespace(pairs=pairs, images=images, extract=extract, tok=root / "tok", root=root)
-
-
 def _args(s, out, **kw):
     return SimpleNamespace(pairs=s.pairs, images=s.images, extract_dir=s.extract, tokenizer=s.tok, out=out,
                            text_dir="none", mrm_weights="none", sections=None, **kw)
+
+
+def _task(stage_module, args, cfg, info):
+    """The stage's Task as its ``main`` builds it: tokenizer, seeded model from random init, data."""
+    from alta.models.build import build_mrm
+    from alta.train.tokenizer import load_tokenizer, special_ids
+
+    tok = load_tokenizer(args.tokenizer)
+    torch.manual_seed(cfg["seed"])
+    kw = {"preset": cfg["preset"], "mode": cfg["mode"], "tokenizer": tok, "vocab_size": len(tok),
+          "overrides": cfg["model_overrides"] or None, "options": cfg["model_options"] or None}
+    model = build_alta(special_ids=special_ids(tok), **kw) if stage_module.__name__.endswith("align") \
+        else build_mrm(**kw)
+    return stage_module.build_task(args, cfg, tok, model, info)
 
 
 def test_schedule_warmup_cosine_and_truncation():
@@ -92,7 +93,7 @@ def test_sigterm_then_resume_matches_uninterrupted_run(synth, tmp_path):
     info = D.detect({})
 
     def run(out, kill_at=None):
-        task = align.build_task(_args(synth, out), cfg, info)
+        task = _task(align, _args(synth, out), cfg, info)
         if kill_at is not None:
             calls, fwd = {"n": 0}, task.forward
 
@@ -128,13 +129,13 @@ def test_mrm_with_accumulation_and_non_finite_stop(synth, tmp_path):
     cfg = {**mrm.DEFAULTS, **SMALL, "batch_size": 8, "accum_steps": 2, "max_steps": 2, "ckpt_every": 1}
     info = D.detect({})
     out = tmp_path / "m"
-    summary = T.fit(mrm.build_task(_args(synth, out), cfg, info), T.TrainConfig.from_dict(cfg), cfg, out, info)
+    summary = T.fit(_task(mrm, _args(synth, out), cfg, info), T.TrainConfig.from_dict(cfg), cfg, out, info)
     assert summary["step"] == 2 and summary["micro_batch_per_rank"] == 4
     assert (out / "checkpoint.pt").exists()
 
     bad = tmp_path / "bad"
     cfg = {**cfg, "max_steps": 4}
-    task = mrm.build_task(_args(synth, bad), cfg, info)
+    task = _task(mrm, _args(synth, bad), cfg, info)
     calls, fwd = {"n": 0}, task.forward
 
     def forward(m, batch, dev):  # the real model; its loss turns non-finite at the 5th micro-batch (step 2)

@@ -1,4 +1,4 @@
-"""Coverage statistics (data.md §4.4), output schemas and the ALTA-reference CSV export of the pairing stage.
+"""Coverage statistics (docs/data.md §4.4), output schemas and the ALTA-reference CSV export of the pairing stage.
 
 * :func:`compute_stats` -> the ``pairs_stats.json`` dict: counts, dropped by reason, excluded views per value,
   coverage percentages, prior-gap quantiles (5/25/50/75/95), frontals / laterals per study, anomaly counts,
@@ -44,7 +44,7 @@ def _hist(values) -> dict[str, int]:
 
 
 def compute_stats(result, n_images: int, options=None) -> dict:
-    """Everything data.md §4.4 asks for, from a :class:`alta.data.pairing.PairResult`."""
+    """Everything docs/data.md §4.4 asks for, from a :class:`alta.data.pairing.PairResult`."""
     pairs, dropped, studies = result.pairs, result.dropped, result.studies
     n = len(pairs)
     reasons = Counter(dropped["reason"])
@@ -103,7 +103,7 @@ def compute_stats(result, n_images: int, options=None) -> dict:
                  "rows": int((pairs["split"] == sp).sum())} for sp in SPLITS
         },
         "sanity": {
-            # every subject's first study has no prior (data.md §4.4)
+            # every subject's first study has no prior (docs/data.md §4.4)
             "max_studies_with_prior": len(dated) - len({s.subject_id for s in dated}),
             "max_studies_with_prior_pct": _pct(len(dated) - len({s.subject_id for s in dated}), len(studies)),
             "row_studies_with_prior": int(pairs.loc[has_prior, "study_id"].nunique()),

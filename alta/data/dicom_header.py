@@ -1,4 +1,4 @@
-"""The DICOM header whitelist: the only header values that leave extraction (data.md §2.3; images.parquet).
+"""The DICOM header whitelist: the only header values that leave extraction (docs/data.md §2.3; images.parquet).
 
 This module is the privacy boundary. :func:`header_row` reads each kept attribute by keyword from explicit tuples,
 each with the reason it is kept; it never iterates over a dataset, so names, birth dates, accession numbers,
@@ -23,9 +23,9 @@ HEADER_STRINGS = (
     "SOPClassUID",                    # tells For-Presentation from For-Processing and secondary captures
     "Modality",                       # CR/DX/...: the radiograph filter
     "PhotometricInterpretation",      # MONOCHROME1 inversion, colour handling
-    "ViewPosition",                   # PA/AP/LATERAL: view sets for pairing (data.md §4.1)
+    "ViewPosition",                   # PA/AP/LATERAL: view sets for pairing (docs/data.md §4.1)
     "PerformedProcedureStepDescription",  # e.g. "CHEST (PA AND LAT)": study type
-    "StudyDate",                      # shifted date: temporal ordering of studies (data.md §4.2)
+    "StudyDate",                      # shifted date: temporal ordering of studies (docs/data.md §4.2)
     "StudyTime",                      # time of day: ordering studies on the same date
     "PresentationLUTShape",           # INVERSE/IDENTITY: audit of the inversion rule
 )

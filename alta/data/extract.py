@@ -1,5 +1,5 @@
 """Stage ``extract``: chest radiographs (MIMIC-CXR DICOM tree, MIMIC-CXR-JPG tree, or a manifest CSV) -> 8-bit
-rendered images, a packed training store and header/reject tables (data.md §2; contracts.md).
+rendered images, a packed training store and header/reject tables (docs/data.md §2; docs/architecture.md).
 
 Subcommands
 -----------
@@ -50,6 +50,7 @@ import pandas as pd
 import pyarrow as pa
 
 from alta import io, tracking
+from alta.cli import SECTION_HELP, parse_args
 from alta.data import dicom_header, render, store
 from alta.data.inputs import SOURCES, InputError, Task, shard_tasks
 
@@ -389,7 +390,7 @@ def build_parser() -> argparse.ArgumentParser:
                                       "for DICOMs (default: looked up in --root)")
     s.add_argument("--shard", required=True, help="p10..p19 (MIMIC) or m00.. (manifest)")
     s.add_argument("--out", default="results/extract", help="extract output folder")
-    s.add_argument("--render", choices=render.RENDER_MODES, default="mimic_jpg", help="DICOM rendering (data.md §2.2)")
+    s.add_argument("--render", choices=render.RENDER_MODES, default="mimic_jpg", help="DICOM rendering (docs/data.md §2.2)")
     s.add_argument("--size", type=int, default=512, help="shorter side of the stored images")
     s.add_argument("--workers", type=int, default=2, help="worker processes")
     s.add_argument("--colour", choices=render.COLOUR_POLICIES, default="luminance",
@@ -400,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "--png-sample images of the shard with the smallest crc32(image_id)) or all")
     s.add_argument("--png-sample", type=int, default=PNG_SAMPLE,
                    help=f"PNGs per shard with --png sample (default {PNG_SAMPLE})")
+    s.add_argument("--config-json", help=SECTION_HELP)
     m = sub.add_parser("merge", help="concatenate shards -> OUT/images.parquet, rejects.parquet, extract_stats.json")
     m.add_argument("--out", default="results/extract", help="extract output folder")
     m.add_argument("--shards", nargs="*", help="shards to merge, space- or comma-separated (default: all under "
@@ -417,7 +419,7 @@ def _on_sigterm(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     if threading.current_thread() is threading.main_thread():
         previous = signal.signal(signal.SIGTERM, _on_sigterm)
     else:

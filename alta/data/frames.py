@@ -4,7 +4,7 @@
   view_position`` and optionally ``study_date, study_time, report_text, report_path, split``), so a user sees the
   pairing coverage before any pixels are rendered. ``png_path`` is the manifest ``path``.
 * :func:`frames_from_metadata` — MIMIC-CXR-JPG ``mimic-cxr-2.0.0-metadata.csv.gz`` (every study, no text).
-* :func:`training_text` — the data.md §5 training text of a raw report via ``alta.data.sections`` (parse_report +
+* :func:`training_text` — the docs/data.md §5 training text of a raw report via ``alta.data.sections`` (parse_report +
   training_text); only if that module is missing, whitespace cleaning of the whole report
   (``text_source = full_report``) with the same ≥ 3-word minimum.
 
@@ -26,7 +26,7 @@ _WORD = re.compile(r"\w+")
 
 
 def _n_words(text: str) -> int:
-    """``\\w+`` tokens that are not underscore-only (de-identification ``___`` does not count; data.md §5)."""
+    """``\\w+`` tokens that are not underscore-only (de-identification ``___`` does not count; docs/data.md §5)."""
     return sum(1 for w in _WORD.findall(text) if w.strip("_"))
 
 

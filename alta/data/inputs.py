@@ -2,7 +2,7 @@
 
 Sources (``--source``):
 
-* ``mimic``: a MIMIC-CXR tree ``ROOT/files/pXX/pSUBJECT/sSTUDY/<dicom_id>.dcm|.dcm.gz`` (data.md §1.2); the shard is
+* ``mimic``: a MIMIC-CXR tree ``ROOT/files/pXX/pSUBJECT/sSTUDY/<dicom_id>.dcm|.dcm.gz`` (docs/data.md §1.2); the shard is
   ``pXX``. Reports (``sSTUDY.txt``) and other files are not images and are not listed. An optional metadata CSV
   (``mimic-cxr-2.0.0-metadata.csv(.gz)``) fills header fields that are blank in a DICOM.
 * ``mimic_jpg``: the MIMIC-CXR-JPG tree (same layout, ``<dicom_id>.jpg``); header fields come from the metadata CSV

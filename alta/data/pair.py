@@ -1,8 +1,8 @@
-"""Stage ``pair``: images + report texts -> temporal multi-view training rows (data.md §4).
+"""Stage ``pair``: images + report texts -> temporal multi-view training rows (docs/data.md §4).
 
 Inputs (one of three modes):
 
-* ``--images images.parquet --sections sections.parquet`` (contracts.md schemas; the normal pipeline);
+* ``--images images.parquet --sections sections.parquet`` (docs/architecture.md schemas; the normal pipeline);
 * ``--manifest CSV`` (subject_id, study_id, image_id, path, view_position, [study_date, study_time, report_text,
   report_path, split]): coverage before extraction, no pixels needed (:mod:`alta.data.frames`);
 * ``--metadata mimic-cxr-2.0.0-metadata.csv.gz`` with ``--assume-reports`` (or ``--sections``): coverage over all
@@ -13,14 +13,14 @@ else a manifest ``split`` column, else a stable hash of subject_id (``--val-frac
 
 Outputs in ``--out``:
 
-* ``pairs.parquet`` — one row per current frontal image with usable text; columns (contracts.md / data.md §4.5)
+* ``pairs.parquet`` — one row per current frontal image with usable text; columns (docs/architecture.md / docs/data.md §4.5)
   subject_id, study_id, dicom_id, view_position, split, study_time (timestamp[us]), time_known, cf_path, cl_path,
   pf_path, pl_path, cl_dicom_id, prior_study_id, pf_dicom_id, pl_dicom_id, prior_gap_days, prior_tie, text,
   text_source, n_words, plus cl_candidates (list<str>: every lateral of the study, for ``lateral_sampling``).
   Absent views are null. Sorted by (subject_id, study_time, study_id, dicom_id).
 * ``dropped.parquet`` — image_id, subject_id, study_id, reason, detail for every image that is not a row
   (images in = rows + dropped); reasons in :mod:`alta.data.pairing`.
-* ``pairs_stats.json`` — data.md §4.4 (:mod:`alta.data.coverage`).
+* ``pairs_stats.json`` — docs/data.md §4.4 (:mod:`alta.data.coverage`).
 * ``train.csv`` (and ``<split>.csv`` for each of ``--export-splits``) — ALTA-reference export: image_path,
   auxview_image_path, last_image_path, last_auxview_image_path, report; ``-1`` for absent views.
 
@@ -36,6 +36,7 @@ from pathlib import Path
 import pandas as pd
 
 from alta import io, tracking
+from alta.cli import SECTION_HELP, parse_args
 from alta.data.coverage import (
     DROPPED_SCHEMA,
     PAIRS_SCHEMA,
@@ -108,7 +109,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="with --metadata: treat every study as having a report (statistics only)")
     src.add_argument("--text-source", default="findings_impression",
                      choices=("findings_impression", "impression", "full_report", "auto"),
-                     help="with --manifest: which report text trains (data.md §5; auto or full_report for free-text "
+                     help="with --manifest: which report text trains (docs/data.md §5; auto or full_report for free-text "
                           "notes without section headers)")
     src.add_argument("--split-csv", help="official mimic-cxr-2.0.0-split.csv(.gz) (subject_id, split)")
     p.add_argument("--out", required=True, help="output folder (pairs.parquet, dropped.parquet, pairs_stats.json, "
@@ -117,6 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--val-frac", type=float, default=0.1, help="hashed split: validate fraction (default 0.1)")
     p.add_argument("--test-frac", type=float, default=0.1, help="hashed split: test fraction (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="hashed split seed (default 0)")
+    p.add_argument("--config-json", help=SECTION_HELP)
     p.add_argument("--view-alias", action="append", default=[], metavar="VALUE=VIEW",
                    help="extra ViewPosition spelling, e.g. 'AP Supine=AP' (defaults: AP Supine=AP, L=LATERAL)")
     p.add_argument("--no-default-aliases", action="store_true", help="drop the default view aliases")
@@ -129,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(_parser(), argv)
     try:
         return _run(args)
     except PairInputError:

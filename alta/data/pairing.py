@@ -1,6 +1,6 @@
-"""The temporal-multiview pairing rules (data.md §4.3) as one pure function, :func:`build_pairs`.
+"""The temporal-multiview pairing rules (docs/data.md §4.3) as one pure function, :func:`build_pairs`.
 
-Input frames (contracts.md): ``images`` with image_id, subject_id, study_id, png_path, ViewPosition and, when
+Input frames (docs/architecture.md): ``images`` with image_id, subject_id, study_id, png_path, ViewPosition and, when
 present, ViewCodeSequence_CodeMeaning, StudyDate, StudyTime; ``sections`` with study_id, text, text_source, n_words.
 Output: :class:`PairResult` with ``pairs`` (one row per current frontal image of a study with usable text),
 ``dropped`` (every other image with one reason) and the per-study facts and anomaly counters that
@@ -137,7 +137,7 @@ def _prior_frontal(prior: Study, view: str) -> str:
 def build_pairs(images: pd.DataFrame, sections: pd.DataFrame, split_map: dict[str, str] | None = None,
                 options: PairOptions | None = None, where: str = "images",
                 sections_where: str = "sections") -> PairResult:
-    """Apply data.md §4.3 to the image and section tables; see the module docstring for the outputs.
+    """Apply docs/data.md §4.3 to the image and section tables; see the module docstring for the outputs.
     ``where`` / ``sections_where`` name the inputs in error messages."""
     opt = options or PairOptions()
     _check_images(images, where)

@@ -1,4 +1,4 @@
-"""Decode chest radiographs (DICOM, JPEG, PNG) and render them to 8-bit grey images (data.md §2).
+"""Decode chest radiographs (DICOM, JPEG, PNG) and render them to 8-bit grey images (docs/data.md §2).
 
 Contract
 --------
@@ -7,7 +7,7 @@ Contract
   for unsigned data); it raises :class:`Reject` with a short reason code (rejects.parquet) for: ``no_pixel_data``,
   ``non_radiograph_modality``, ``multi_frame``, ``bad_dimensions``, ``colour`` (only with ``colour="reject"``),
   ``unsupported_syntax``, ``truncated``, ``unreadable_image``.
-* :func:`render` turns raw values into uint8 at native resolution, in one of three modes (data.md §2.2):
+* :func:`render` turns raw values into uint8 at native resolution, in one of three modes (docs/data.md §2.2):
   ``mimic_jpg`` (MIT-LCP/mimic-cxr#16: min-max with a truncating cast, invert iff MONOCHROME1, OpenCV
   ``equalizeHist``), ``voi`` (Modality LUT -> VOI LUT or first window -> min-max, rounded -> invert iff
   MONOCHROME1 -> optional equalisation) and ``reference_rsna`` (``saturate(round(|x*255/max x|))`` -> invert iff
@@ -18,12 +18,12 @@ Contract
   images.parquet contract (privacy boundary).
 
 Colour (SamplesPerPixel 3): an image whose three channels are equal is grey stored as RGB and is used as is;
-a truly coloured one becomes ITU-R 601 luminance (``colour="luminance"``, the data.md §2.3 rule for RGB
+a truly coloured one becomes ITU-R 601 luminance (``colour="luminance"``, the docs/data.md §2.3 rule for RGB
 secondary captures) or is rejected with reason ``colour`` (``colour="reject"``).
 
 Resampling uses Pillow's antialiased bicubic filter on the rendered uint8 image (C code, fixed-point with rounding):
 scikit-image's ``resize(anti_aliasing=True)`` costs 16-19 ms per 1024² image even on float32, Pillow about 3 ms,
-and the extraction target (architecture.md: >= 3x a naive per-file loop) leaves no room for the former.
+and the extraction target (docs/architecture.md: >= 3x a naive per-file loop) leaves no room for the former.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def _grey_from_colour(arr: np.ndarray, colour: str, info: PixelInfo) -> np.ndarr
 # rendering
 # ---------------------------------------------------------------------------------------------------------------
 def equalize_hist_lut(hist: np.ndarray) -> np.ndarray:
-    """The 256-entry LUT of OpenCV ``equalizeHist`` for a 256-bin histogram (data.md §2.3).
+    """The 256-entry LUT of OpenCV ``equalizeHist`` for a 256-bin histogram (docs/data.md §2.3).
 
     OpenCV computes ``scale = 255.f / (N - h(v0))`` and ``lut(v) = saturate_cast<uchar>(sum * scale)`` in float32
     with round-half-to-even; we reproduce that arithmetic so the LUT matches bit for bit.
@@ -287,13 +287,13 @@ def _minmax_trunc_lut(rng: int) -> np.ndarray:
 
 
 def render_mimic_jpg(arr: np.ndarray, monochrome1: bool, equalize: bool = True) -> np.ndarray:
-    """data.md §2.1 steps 1-4 (see :func:`_mimic_minmax`); a numpy array."""
+    """docs/data.md §2.1 steps 1-4 (see :func:`_mimic_minmax`); a numpy array."""
     x8 = _mimic_minmax(arr, monochrome1)
     return equalize_hist(x8) if equalize else x8
 
 
 def _mimic_minmax(arr: np.ndarray, monochrome1: bool) -> np.ndarray:
-    """data.md §2.1 steps 1-4 on raw stored values: min-max (truncating), invert iff MONOCHROME1, equalise.
+    """docs/data.md §2.1 steps 1-4 on raw stored values: min-max (truncating), invert iff MONOCHROME1, equalise.
 
     For integer input the per-pixel float64 arithmetic is evaluated once per distinct value and applied with one
     gather: identical results, 5-10x faster. Unsigned 8/16-bit input (nearly every radiograph) indexes a LUT over
@@ -382,7 +382,7 @@ def read_raster(path: str | Path, colour: str = "luminance",
     (1/2, 1/4 or 1/8, never below ``draft_short_side``): the decoder's own block averaging does the first part of
     the downsampling, which makes full-size MIMIC-CXR-JPG files several times cheaper. ``info.original_shape`` is
     the size in the file. 16-bit or float greyscale PNGs are min-max scaled to 8 bit (truncating, as
-    ``mimic_jpg``); EXIF orientation is ignored (no flips or rotations, data.md §2.3).
+    ``mimic_jpg``); EXIF orientation is ignored (no flips or rotations, docs/data.md §2.3).
     """
     info = PixelInfo()
     try:

@@ -11,7 +11,7 @@ Inputs
   (read directly with :mod:`tarfile`). ``study_id`` is the ``uId`` (``CXR<n>``); ``subject_id`` is null (IU has one
   study per patient and no patient id). The four labelled ``AbstractText`` sections are rendered as MIMIC-style text
   ``"\\n COMPARISON: ...\\n \\n INDICATION: ...\\n \\n FINDINGS: ...\\n \\n IMPRESSION: ..."`` so that the MIMIC
-  parser runs unchanged (data.md §6); ``XXXX`` placeholders are kept.
+  parser runs unchanged (docs/data.md §6); ``XXXX`` placeholders are kept.
 - ``manifest``: a CSV (read as strings) with ``study_id`` and ``report_text`` and/or ``report_path`` columns
   (optional ``subject_id``); one row per image, grouped by ``study_id``. Per study the distinct non-empty
   ``report_text`` values are used (joined by a newline when several, in row order); if there are none, the distinct

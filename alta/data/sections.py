@@ -1,7 +1,7 @@
 """Stage ``sections``: radiology reports -> one row per study with its sections and the training text.
 
 Algorithm: the MIT-LCP MIMIC-CXR sectioner (MIT-LCP/mimic-cxr, txt/section_parser.py + create_section_files.py,
-MIT licence), reimplemented as data.md §3.2 specifies: header regex ``\\n ([A-Z ()/,-]+):\\s``; ``preamble`` before
+MIT licence), reimplemented as docs/data.md §3.2 specifies: header regex ``\\n ([A-Z ()/,-]+):\\s``; ``preamble`` before
 the first header; the next-header search starts after the first newline following a header; no header -> one
 ``full report`` section; name normalisation (exact table, then contains-rules, then exam phrases -> findings);
 empty impression/findings removed; ``last_paragraph`` fallback; conclusion = the LAST section named impression >
@@ -10,7 +10,7 @@ findings > last_paragraph > comparison. Hand-fixed studies (31 spans, 23 named s
 For an overridden study the span / named section becomes ``impression`` (``[0, 0]`` -> empty), and ``findings`` and
 ``last_paragraph`` are null: the hand fix replaces the automatic parse, which is known to be wrong for these reports.
 
-Training text (data.md §5), ``--text-source``:
+Training text (docs/data.md §5), ``--text-source``:
 - ``findings_impression`` (default): findings + " " + impression (the non-empty ones, in report order), else
   last_paragraph, else none;
 - ``impression``: impression only; ``full_report``: the whole report (MRM faithful preset).
@@ -48,6 +48,7 @@ import pandas as pd
 import pyarrow as pa
 
 from alta import io, tracking
+from alta.cli import SECTION_HELP, parse_args
 from alta.data.report_readers import SOURCES, Reject, Report, list_report_files, read_reports
 
 __all__ = ["section_text", "normalize_section_names", "load_overrides", "parse_report", "training_text",
@@ -216,7 +217,7 @@ def parse_report(study_id: str, text: str, overrides: dict | None = None) -> dic
             "sections": list(zip(names, sections)), "order": order}
 
 
-# -- training text (data.md §5) -------------------------------------------------------------------------------
+# -- training text (docs/data.md §5) -------------------------------------------------------------------------------
 def clean_text(s: str) -> str:
     """Newlines to spaces, collapse whitespace, strip; case, punctuation and ``___`` are kept."""
     return " ".join(s.split())
@@ -331,15 +332,16 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--manifest", help="manifest CSV (source manifest)")
     ap.add_argument("--out", default="results/sections", help="output folder (default: %(default)s)")
     ap.add_argument("--text-source", choices=TEXT_SOURCES, default="findings_impression",
-                    help="training text (data.md §5; default: %(default)s)")
+                    help="training text (docs/data.md §5; default: %(default)s)")
     ap.add_argument("--overrides", default=None,
                     help="JSON of hand-fixed studies (default: packaged MIT-LCP table; 'none' disables)")
     ap.add_argument("--min-words", type=int, default=3, help="minimum \\w+ tokens, ___ excluded (default: 3)")
+    ap.add_argument("--config-json", help=SECTION_HELP)
     return ap
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    args = parse_args(_parser(), argv)
     try:
         if args.source == "manifest":
             if not args.manifest or not Path(args.manifest).is_file():

@@ -1,6 +1,6 @@
 """Packed uint8 image store: what the training loader reads instead of decoding PNG/JPEG files.
 
-Format (fixed; contracts.md): ``store.u8`` is the raw concatenation of C-order ``uint8`` arrays of shape
+Format (fixed; docs/architecture.md): ``store.u8`` is the raw concatenation of C-order ``uint8`` arrays of shape
 ``(height, width)``, with no header, padding or separators. Where each image lies is recorded elsewhere
 (images.parquet: ``store_file``, ``store_offset``, ``height``, ``width``), so reading one image is a slice of a
 memory map::

@@ -1,4 +1,4 @@
-"""Per-image and per-study facts the pairing rules need (data.md §1.4, §4.1, §4.2, §4.3.8).
+"""Per-image and per-study facts the pairing rules need (docs/data.md §1.4, §4.1, §4.2, §4.3.8).
 
 * :func:`resolve_view` — ViewPosition (+ ViewCodeSequence fallback, + configurable aliases) -> PA / AP / LATERAL / LL,
   or an exclusion reason ``blank_view`` / ``excluded_view:<value>``.
@@ -25,7 +25,7 @@ FRONTAL = ("PA", "AP")
 LATERAL = ("LATERAL", "LL")
 SPLITS = ("train", "validate", "test")
 
-# ViewCodeSequence_CodeMeaning fallback, used only when ViewPosition is blank (data.md §1.4).
+# ViewCodeSequence_CodeMeaning fallback, used only when ViewPosition is blank (docs/data.md §1.4).
 CODE_MEANING_VIEWS = {"postero-anterior": "PA", "antero-posterior": "AP", "lateral": "LATERAL", "left lateral": "LL"}
 
 # Extra ViewPosition spellings of manifests (covid-chestxray-dataset: "AP Supine", "L"); matched case-insensitively.
@@ -126,7 +126,7 @@ class StudyKey:
 
 
 def is_earlier(a: StudyKey, b: StudyKey) -> bool:
-    """True iff study ``a`` is strictly earlier than study ``b`` (data.md §4.2).
+    """True iff study ``a`` is strictly earlier than study ``b`` (docs/data.md §4.2).
 
     Same date: earlier only when both times are known and differ; with one time unknown the two are a tie.
     """

@@ -1,6 +1,6 @@
 """Benchmark files of the demo dataset, built from held-out synthetic patients (never in the MIMIC tree).
 
-Writes under ``<out>/benchmarks/`` in the exact formats of evaluation.md §7:
+Writes under ``<out>/benchmarks/`` in the exact formats of docs/evaluation.md §7:
 
 - ``chexpert_5x200.csv``: unnamed index, Path, Sex, Age, Frontal/Lateral, AP/PA, the 14 labels (§7.2 order,
   1.0/0.0, exactly one positive among Atelectasis/Cardiomegaly/Consolidation/Edema/Pleural Effusion), and a quoted

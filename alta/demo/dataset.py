@@ -1,12 +1,12 @@
-"""Synthetic demo dataset in the exact MIMIC-CXR layout (data.md §1), plus benchmark files (evaluation.md §7).
+"""Synthetic demo dataset in the exact MIMIC-CXR layout (docs/data.md §1), plus benchmark files (docs/evaluation.md §7).
 
 ``alta demo --out DIR [--n-patients 150] [--seed 0]`` writes, deterministically for a seed (identical bytes):
 
 - ``DIR/files/pXX/pSUBJECT/sSTUDY/<dicom_id>.dcm`` (valid DICOM Part-10 files, mixed transfer syntaxes:
   implicit/explicit VR LE, JPEG baseline, JPEG 2000 lossless/lossy, RLE; MONOCHROME1/2; 8/12/16 bits stored;
   planted PHI in PatientName, PatientBirthDate, AccessionNumber, InstitutionName, ... and a private tag);
-- ``DIR/files/pXX/pSUBJECT/sSTUDY.txt`` (MIMIC-style free-text report, data.md §3.1);
-- ``DIR/mimic-cxr-2.0.0-metadata.csv.gz`` (12 columns of data.md §1.4; StudyTime as MIMIC float, e.g. 80556.875),
+- ``DIR/files/pXX/pSUBJECT/sSTUDY.txt`` (MIMIC-style free-text report, docs/data.md §3.1);
+- ``DIR/mimic-cxr-2.0.0-metadata.csv.gz`` (12 columns of docs/data.md §1.4; StudyTime as MIMIC float, e.g. 80556.875),
   ``DIR/mimic-cxr-2.0.0-split.csv.gz`` (dicom_id, study_id, subject_id, split; patient-disjoint, ~15 % of patients
   each in validate and test), ``DIR/mimic-cxr-2.0.0-chexpert.csv.gz`` (subject_id, study_id, 14 labels
   alphabetical; 1.0 / 0.0 / -1.0 / blank);
@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from alta import io as aio
+from alta.cli import SECTION_HELP, parse_args
 from alta.demo.benchmark_files import write_benchmarks
 from alta.demo.dicom import CODECS, ImageSpec, dicom_bytes, uid_from
 from alta.demo.findings import CHEXPERT_LABELS_ALPHA, State, chexpert_labels
@@ -60,12 +61,12 @@ def _phi(subject_id: str, study_id: str, rng_bd: int, did: str) -> dict[str, str
 
 
 def effective_view(view_position: str, meaning: str) -> str:
-    """ViewPosition, else the ViewCodeSequence fallback (data.md §1.4), else ''."""
+    """ViewPosition, else the ViewCodeSequence fallback (docs/data.md §1.4), else ''."""
     return view_position or ROLE_FROM_MEANING.get(meaning, "")
 
 
 def pairing_coverage(truth: pd.DataFrame) -> dict:
-    """Expected coverage of the pairing rules (data.md §4.3) computed from what was planted.
+    """Expected coverage of the pairing rules (docs/data.md §4.3) computed from what was planted.
 
     A "frontal row" is an image whose effective view (ViewPosition, else ViewCodeSequence) is PA/AP; every study
     has a report. Its prior is the same patient's study with the largest StudyDate+StudyTime strictly earlier that
@@ -247,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rsna-val", type=int, default=60, help="RSNA val list size")
     ap.add_argument("--rsna-size", type=int, default=1024, help="RSNA image side (Kaggle: 1024)")
     ap.add_argument("--large", type=int, default=0, help="also write N big 16-bit DICOMs under OUT/large/")
-    a = ap.parse_args(argv)
+    ap.add_argument("--config-json", help=SECTION_HELP)
+    a = parse_args(ap, argv, workflow_keys=("enabled",))
     if a.n_patients < 1:
         ap.error("--n-patients must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -27,13 +27,13 @@ LOBES = ("RUL", "RML", "RLL", "LUL", "LLL")
 DEVICES = ("central_line", "ett", "ng_tube", "pacemaker")
 SIDES = ("left", "right")
 
-# The 14 CheXpert labels in the alphabetical order of mimic-cxr-2.0.0-chexpert.csv.gz (data.md §1.3).
+# The 14 CheXpert labels in the alphabetical order of mimic-cxr-2.0.0-chexpert.csv.gz (docs/data.md §1.3).
 CHEXPERT_LABELS_ALPHA = (
     "Atelectasis", "Cardiomegaly", "Consolidation", "Edema", "Enlarged Cardiomediastinum", "Fracture",
     "Lung Lesion", "Lung Opacity", "No Finding", "Pleural Effusion", "Pleural Other", "Pneumonia",
     "Pneumothorax", "Support Devices",
 )
-# The same labels in the CheXpert / ConVIRT column order (evaluation.md §7.2).
+# The same labels in the CheXpert / ConVIRT column order (docs/evaluation.md §7.2).
 CHEXPERT_LABELS_ORDER = (
     "No Finding", "Enlarged Cardiomediastinum", "Cardiomegaly", "Lung Opacity", "Lung Lesion", "Edema",
     "Consolidation", "Pneumonia", "Atelectasis", "Pneumothorax", "Pleural Effusion", "Pleural Other",
@@ -187,7 +187,7 @@ def chexpert_labels(state: State, mentioned_negative: set[str]) -> dict[str, flo
 
 
 def class_state(cls: str, rng: np.random.Generator) -> State:
-    """A benchmark state positive for exactly one class and negative for every other label (evaluation.md §7)."""
+    """A benchmark state positive for exactly one class and negative for every other label (docs/evaluation.md §7)."""
     base = State(ctr=normal_ctr(rng))
     side = str(rng.choice(SIDES))
     if cls == "Atelectasis":

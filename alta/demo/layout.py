@@ -3,7 +3,7 @@
 ``plan_dataset(n_patients, rng) -> (patients, images)``: pure planning, no pixels. Each patient dict holds
 ``subject_id`` and its studies (``study_id``, ``date`` YYYYMMDD, ``time`` 'HHMMSS.ffffff', ``state``, ``views``);
 each image dict holds the header choices (codec, photometric, bits, modality, recorded ViewPosition and
-ViewCodeSequence meaning, size). Identifiers are drawn at random, so they carry no time order (data.md §1.1).
+ViewCodeSequence meaning, size). Identifiers are drawn at random, so they carry no time order (docs/data.md §1.1).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ def _sec(t: str) -> int:
 
 
 def mimic_float_time(t: str) -> str:
-    """'080556.875000' -> '80556.875' (the metadata CSV stores StudyTime as a float, data.md §1.4)."""
+    """'080556.875000' -> '80556.875' (the metadata CSV stores StudyTime as a float, docs/data.md §1.4)."""
     return repr(float(t[:10]))
 
 

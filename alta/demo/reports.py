@@ -1,4 +1,4 @@
-"""MIMIC-CXR-style free-text reports (data.md §3.1) describing a latent :class:`alta.demo.findings.State`.
+"""MIMIC-CXR-style free-text reports (docs/data.md §3.1) describing a latent :class:`alta.demo.findings.State`.
 
 ``mimic_report(state, prior, views, rng) -> (text, negated)``: "FINAL REPORT" centred, EXAMINATION, INDICATION,
 TECHNIQUE, COMPARISON, FINDINGS, IMPRESSION; lines <= 79 characters each starting with one space; ``___`` for PHI.

@@ -1,4 +1,4 @@
-"""Benchmark evaluation (evaluation.md): the ``evaluate`` stage and the tools that apply a trained model.
+"""Benchmark evaluation (docs/evaluation.md): the ``evaluate`` stage and the tools that apply a trained model.
 
 * :mod:`alta.evaluate.run`        — the stage: scores every configured model on every benchmark and writes
   ``metrics/<model>/<benchmark>.json``, the comparison table and ``report.md``.

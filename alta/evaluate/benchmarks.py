@@ -1,4 +1,4 @@
-"""Readers and validators for the benchmark input files (evaluation.md §7; peers.md §2 #1, #2).
+"""Readers and validators for the benchmark input files (docs/evaluation.md §7; docs/evaluation.md §10 #1, #2).
 
 Contract: every reader returns a pandas DataFrame (or, for ConVIRT, a :class:`ConvirtSets` of three) whose
 ``.attrs["benchmark"]`` dict records the file fingerprint (path, sha256, bytes) and the facts measured while
@@ -55,7 +55,7 @@ class BenchmarkError(ValueError):
 
 
 def file_fingerprint(path: str | Path) -> dict:
-    """``{"path", "sha256", "bytes"}`` of a benchmark file, recorded with every metric (peers.md #1)."""
+    """``{"path", "sha256", "bytes"}`` of a benchmark file, recorded with every metric (docs/evaluation.md §10 #1)."""
     p = Path(path)
     return {"path": str(p), "sha256": io.sha256_file(p), "bytes": p.stat().st_size}
 

@@ -3,7 +3,7 @@
 ``alta embed (--checkpoint CKPT --tokenizer DIR [--kind align|mrm|official] | --model URI) [--images F ...]
 [--texts T ...] --out embeddings.parquet``
     Writes one row per input: ``kind`` (image/text), ``source`` (the file path or the text), ``embedding``
-    (list<float32>, L2-normalised, method.md §2.10). Images may be DICOM (rendered with ``--render``, default
+    (list<float32>, L2-normalised, docs/method.md §2.10). Images may be DICOM (rendered with ``--render``, default
     ``mimic_jpg`` as in training), PNG or JPEG.
 
 ``alta zeroshot (--checkpoint CKPT --tokenizer DIR | --model URI) --images F ... --class NAME="prompt one|prompt two" ...

@@ -1,7 +1,7 @@
-"""Image and text embeddings on the inference path of method.md §2.10, for every benchmark and for ``alta embed``.
+"""Image and text embeddings on the inference path of docs/method.md §2.10, for every benchmark and for ``alta embed``.
 
 :class:`Embedder` wraps an ALTA model in ``eval()`` (CXR-BERT dropout is 0.25: forgetting eval makes results
-noisy, evaluation.md §6.10) and computes, in fp32 and without masking:
+noisy, docs/evaluation.md §6.10) and computes, in fp32 and without masking:
 
 * images: grey uint8 -> Resize(S*256/224, bicubic, antialias) -> CenterCrop(S) -> 3 channels ->
   Normalize(0.4785, 0.2834) (``alta.train.augment.eval_transform``) -> ``encode_image`` (CLS of the current-frontal
@@ -13,8 +13,8 @@ Three checkpoint kinds load into the same ALTA architecture:
 
 * ``align``: our checkpoint (``{'model', 'preset', 'mode', 'args', ...}``), loaded strictly;
 * ``mrm``: an MRM checkpoint (ours or the released ``MRM.pth``), loaded into a freshly initialised ALTA (seed 0) with
-  the method.md §5.5 rules: the MRM encoder *before* alignment (adapters are zero, heads untrained);
-* ``official``: the released ``ALTA.pth`` at the ``vit_base`` preset, loaded strictly (method.md §5.5).
+  the docs/method.md §5.5 rules: the MRM encoder *before* alignment (adapters are zero, heads untrained);
+* ``official``: the released ``ALTA.pth`` at the ``vit_base`` preset, loaded strictly (docs/method.md §5.5).
 """
 
 from __future__ import annotations
@@ -153,7 +153,7 @@ class Embedder:
         return np.stack([self._file_cache[p] for p in paths])
 
     def images_from_dicoms(self, paths: Iterable[str], mode: str) -> np.ndarray:
-        """DICOM files (RSNA) rendered with ``mode`` (``reference_rsna`` by default, evaluation.md §4.2)."""
+        """DICOM files (RSNA) rendered with ``mode`` (``reference_rsna`` by default, docs/evaluation.md §4.2)."""
         def gen():
             for p in paths:
                 try:

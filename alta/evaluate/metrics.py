@@ -1,4 +1,4 @@
-"""Benchmark metrics (evaluation.md §1–§6): numpy arrays in, plain Python numbers out.
+"""Benchmark metrics (docs/evaluation.md §1–§6): numpy arrays in, plain Python numbers out.
 
 Contract:
 
@@ -89,7 +89,7 @@ def precision_at_k_per_query(
         q_bad = int(np.argmin(n_same))
         raise ValueError(
             f"K={ks[-1]} exceeds the smallest same-class candidate count ({smallest}, query {q_bad} label "
-            f"{q_labels[q_bad]!r}): P@K would be capped below 1 (evaluation.md §6.3); "
+            f"{q_labels[q_bad]!r}): P@K would be capped below 1 (docs/evaluation.md §6.3); "
             "pass allow_k_above_class=True to compute it anyway"
         )
     if exclude_self is not None:
@@ -113,7 +113,7 @@ def duplicate_positive_sets(texts: Sequence[str]) -> tuple[np.ndarray, list[set[
 
     Returns ``(groups, positives)``: ``groups[i]`` is the group id of text i (ids numbered by first occurrence),
     ``positives[i] = {j : text_j ≡ text_i}``. The same sets serve I→T (image of study i, texts j) and T→I (text of
-    study i, images j) because query i and candidate i belong to the same study (evaluation.md §5).
+    study i, images j) because query i and candidate i belong to the same study (docs/evaluation.md §5).
     """
     first: dict[str, int] = {}
     groups = np.empty(len(texts), dtype=np.int64)
@@ -159,7 +159,7 @@ def retrieval_ranks(sim, positives) -> np.ndarray:
 
 
 def recall_at_k(sim, positives, ks: Iterable[int] = (1, 5, 10, 50)) -> dict:
-    """Instance-level Recall@K and median rank with pessimistic ties (evaluation.md §5).
+    """Instance-level Recall@K and median rank with pessimistic ties (docs/evaluation.md §5).
 
     Returns ``{"R@K": float for each K, "MedR": float, "n_queries": Q, "pool_size": C, "ties": "pessimistic"}``.
     R@K depends on the pool size: only compare values at equal ``pool_size``.
@@ -271,7 +271,7 @@ def tune_threshold_f1(y, p, grid=THRESHOLD_GRID) -> tuple[float, float]:
 
 
 def reference_cv10(y, p, grid=THRESHOLD_GRID, n_splits: int = 10, random_state: int = 0) -> dict:
-    """The ALTA reference threshold protocol (transductive: tunes τ on test labels; evaluation.md §4.4).
+    """The ALTA reference threshold protocol (transductive: tunes τ on test labels; docs/evaluation.md §4.4).
 
     StratifiedKFold(10, shuffle=True, random_state=0) over the predictions; in each fold τ_f = F1-argmax on the nine
     training folds (:func:`tune_threshold_f1`), applied to the held-out fold. Returns the mean ACC/F1 over folds,
@@ -293,7 +293,7 @@ def reference_cv10(y, p, grid=THRESHOLD_GRID, n_splits: int = 10, random_state: 
 
 
 def rsna_report(y_test, p_test, y_val=None, p_val=None) -> dict:
-    """All RSNA variants of evaluation.md §4.4 in one flat dict.
+    """All RSNA variants of docs/evaluation.md §4.4 in one flat dict.
 
     Keys: ``auroc``, ``acc@0.5``, ``f1@0.5``, ``precision@0.5``, ``recall@0.5``, ``acc@val``, ``f1@val``,
     ``tau_val`` (these three are None without validation predictions), ``acc_cv10``, ``f1_cv10``, ``taus_cv10``,

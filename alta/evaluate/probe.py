@@ -1,6 +1,6 @@
 """`alta probe`: what the frozen towers know before (and after) alignment — a diagnostic for small-data runs.
 
-ALTA trains only adapters, norms and heads on top of frozen encoders (method.md §2.3), so alignment can only use
+ALTA trains only adapters, norms and heads on top of frozen encoders (docs/method.md §2.3), so alignment can only use
 what the frozen features already carry. This command measures that, per checkpoint, on one current frontal image
 and the training text of each study:
 

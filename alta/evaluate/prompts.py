@@ -1,4 +1,4 @@
-"""Zero-shot prompts and prompt-set aggregation (evaluation.md §2, §4.3; method.md §2.10).
+"""Zero-shot prompts and prompt-set aggregation (docs/evaluation.md §2, §4.3; docs/method.md §2.10).
 
 Contract:
 
@@ -130,7 +130,7 @@ class TextProtocol:
 
 
 TEXT_PROTOCOLS: dict[str, TextProtocol] = {
-    # The reference pads to 256 without truncating; we truncate at 256 and log the count (method.md §3 #17).
+    # The reference pads to 256 without truncating; we truncate at 256 and log the count (docs/method.md §3 #17).
     "chexpert5x200_i2t": TextProtocol(clean="gloria", max_length=256, truncation=True),
     "chexpert5x200_zeroshot": TextProtocol(clean="gloria", max_length=128, truncation=True),
     "convirt_t2i": TextProtocol(clean="none", max_length=20, truncation=False),

@@ -1,4 +1,4 @@
-"""Stage ``evaluate``: score one or more models on every configured benchmark (evaluation.md).
+"""Stage ``evaluate``: score one or more models on every configured benchmark (docs/evaluation.md).
 
 Inputs
     ``--model NAME=CHECKPOINT`` (repeatable): ``mrm`` (an MRM checkpoint, evaluated as the ALTA model it
@@ -15,7 +15,7 @@ Outputs (under ``--out``)
     values), mean ± sd rows in ``report.md`` / ``comparison.csv``, and a child run ``evaluate:<model> (seeds)``.
 
 A benchmark runs when the config names its files; a missing benchmark is reported as skipped, never silently.
-Embeddings follow the inference path of method.md §2.10 (eval mode, fp32, no masking, current+frontal embeddings).
+Embeddings follow the inference path of docs/method.md §2.10 (eval mode, fp32, no masking, current+frontal embeddings).
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ def headline_keys(results: dict[str, dict]) -> dict[str, list[str]]:
 
 
 def _valid_ks(ks, class_sizes) -> tuple[list[int], list[int]]:
-    """Split ks into those <= the smallest class (reportable, evaluation.md §6.3) and the skipped ones."""
+    """Split ks into those <= the smallest class (reportable, docs/evaluation.md §6.3) and the skipped ones."""
     cap = int(min(class_sizes))
     return [k for k in ks if k <= cap], [k for k in ks if k > cap]
 
@@ -71,11 +71,11 @@ def _precision(sim, q_labels, c_labels, ks, prefix, out):
     for k, v in M.precision_at_k(sim, q_labels, c_labels, ok).items():
         out[f"{prefix}_P@{k}"] = v
     if skipped:
-        out[f"{prefix}_skipped_K"] = skipped  # K above the class size is never reported (evaluation.md §6.3)
+        out[f"{prefix}_skipped_K"] = skipped  # K above the class size is never reported (docs/evaluation.md §6.3)
 
 
 def chexpert5x200(emb: Embedder, cfg: dict) -> dict:
-    """5x200 image-to-text P@5/10/100 and zero-shot accuracy (evaluation.md §1-2)."""
+    """5x200 image-to-text P@5/10/100 and zero-shot accuracy (docs/evaluation.md §1-2)."""
     df = B.read_chexpert_5x200(cfg["chexpert_5x200"], image_root=cfg.get("chexpert_root"))
     img = emb.images_from_files(df["path"])
     txt = emb.texts(df["text_clean"].tolist(), P.TEXT_PROTOCOLS["chexpert5x200_i2t"])
@@ -101,7 +101,7 @@ def chexpert5x200(emb: Embedder, cfg: dict) -> dict:
 
 
 def chexpert8x200(emb: Embedder, cfg: dict) -> dict:
-    """ConVIRT 8x200 text-to-image and image-to-image P@5/10/50 (evaluation.md §3)."""
+    """ConVIRT 8x200 text-to-image and image-to-image P@5/10/50 (docs/evaluation.md §3)."""
     sets = B.read_convirt(cfg["convirt_root"], image_root=cfg.get("chexpert_root"))
     cand = emb.images_from_files(sets.candidates["path"])
     c_labels = sets.candidates["label"].to_numpy()
@@ -307,7 +307,7 @@ def evaluate_model(label: str, spec: tuple[str, int | None, str], args, cfg: dic
 
 def mlflow_name(key: str) -> str:
     """MLflow metric names allow letters, digits, ``_ - . / `` and spaces: ``i2t_P@5`` is logged as ``i2t_P_at_5``
-    (metric files keep the ``@`` names of evaluation.md); any other character (a finding name's) becomes ``_``."""
+    (metric files keep the ``@`` names of docs/evaluation.md); any other character (a finding name's) becomes ``_``."""
     return re.sub(r"[^A-Za-z0-9_\-. /]", "_", key.replace("@", "_at_"))
 
 

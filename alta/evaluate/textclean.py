@@ -1,4 +1,4 @@
-"""GLoRIA report/prompt cleaning used by the CheXpert 5x200 benchmarks (evaluation.md §1).
+"""GLoRIA report/prompt cleaning used by the CheXpert 5x200 benchmarks (docs/evaluation.md §1).
 
 Contract: ``gloria_clean(text) -> str`` is a pure function reproducing the GLoRIA procedure step by step:
 
@@ -57,7 +57,7 @@ def gloria_clean(text: str) -> str:
 
 
 def normalise_for_duplicates(text: str) -> str:
-    """Normalisation used to group identical texts for instance retrieval (evaluation.md §5).
+    """Normalisation used to group identical texts for instance retrieval (docs/evaluation.md §5).
 
     Lowercase, collapse every whitespace run to one space, strip.
     """

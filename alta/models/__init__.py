@@ -1,4 +1,4 @@
-"""The models of the method: MRM (masked record modelling) and ALTA (adapter alignment), method.md §1, §2.
+"""The models of the method: MRM (masked record modelling) and ALTA (adapter alignment), docs/method.md §1, §2.
 
 * :mod:`alta.models.presets`     — geometry presets (``tiny`` ... ``vit_base``) and the ALTA/MRM options of each mode
   (plain dataclasses, no torch: the config validator imports it before any job runs).

@@ -1,4 +1,4 @@
-"""AIM-style bottleneck adapters and the projection heads (method.md §2.4, §2.5, §2.7).
+"""AIM-style bottleneck adapters and the projection heads (docs/method.md §2.4, §2.5, §2.7).
 
 Contract:
 - ``Adapter(dim, hidden, skip)``: ``D_fc2(GELU(D_fc1(u)))`` (+ ``u`` when ``skip``); no dropout, no internal LN.
@@ -7,7 +7,7 @@ Contract:
   layout serves as ``ImageProjectionHead`` and CXR-BERT's ``BertProjectionHead`` (keys of §5.2).
 - ``init_adapter(adapter, style)``: ``zero`` = D_fc1 xavier-uniform / bias 0 and D_fc2 all zeros (the adapter is
   the identity branch at step 0); ``normal`` = N(0, 0.02) weights and zero biases for both linears (what
-  ``from_pretrained`` gave the reference text adapters, method.md §3 #4).
+  ``from_pretrained`` gave the reference text adapters, docs/method.md §3 #4).
 """
 
 from __future__ import annotations

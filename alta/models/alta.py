@@ -1,7 +1,7 @@
-"""ALTA: adapter alignment of the MRM encoder with CXR-BERT (method.md §2).
+"""ALTA: adapter alignment of the MRM encoder with CXR-BERT (docs/method.md §2).
 
 Contract (shapes: S = encoder input size, K = visible patches per view, P = projection size):
-- ``ALTA(cfg, options, text_encoder, special_ids)``; state-dict keys are method.md §5.2.
+- ``ALTA(cfg, options, text_encoder, special_ids)``; state-dict keys are docs/method.md §5.2.
 - ``forward(cf_target (B,3,2S,2S), views (B,4,3,S,S) [cf,cl,pf,pl], present (B,4) bool, ids (B,T),
   attention_mask (B,T), generator=None)`` -> ``dict(loss, loss_global, loss_local, loss_mim, loss_mlm,
   [loss_global_cf,] logit_scale)`` where ``logit_scale`` is the current s = exp(logit_scale), detached, and
@@ -41,7 +41,7 @@ VIEW_INDEX = (0, 1, 0, 1)  # 0 = frontal, 1 = lateral
 TIME_INDEX = (0, 0, 1, 1)  # 0 = current, 1 = prior
 LOGIT_SCALE_MAX = math.log(100.0)
 
-# the reference rule: trainable iff the full name contains one of these (method.md §2.3)
+# the reference rule: trainable iff the full name contains one of these (docs/method.md §2.3)
 REFERENCE_TRAINABLE_SUBSTRINGS = (
     "head", "norm", "Norm", "adapter", "Adapter", "logit_scale", "cls_token", "temporal_embedding",
     "view_embedding", "decoder_embed", "bert_encoder.cls.predictions", "mask_token", "decoder_pred",
@@ -82,7 +82,7 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
                 init_adapter(blk.attn_adapter, "zero")
                 init_adapter(blk.mlp_adapter, "zero")
 
-    # ----------------------------------------------------------------- trainable set (method.md §2.3)
+    # ----------------------------------------------------------------- trainable set (docs/method.md §2.3)
     def trainable_module_paths(self) -> list[str]:
         paths = ["norm", "cls_token", "temporal_embedding", "view_embedding", "projection_head",
                  "local_projection_head", "logit_scale", "logit_scale_local1", "logit_scale_local2",
@@ -237,7 +237,7 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
             loss = loss + out["loss_global_cf"]
         return dict(loss=loss, **out, logit_scale=self.logit_scale.detach().exp())
 
-    # ----------------------------------------------------------------- inference (method.md §2.10)
+    # ----------------------------------------------------------------- inference (docs/method.md §2.10)
     def inference_states(self, x: torch.Tensor) -> torch.Tensor:
         """(B,3,S,S) -> (B,1+N,D): steps 2-4 of §2.10 (no masking, current + frontal embeddings, final LN)."""
         tok = self.embed_patches(x) + self.pos_embed[:, 1:]
@@ -263,7 +263,7 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
         t = self.bert_encoder.cls_projection_head(self.text_feature(h, attention_mask))
         return F.normalize(t, dim=-1) if normalize else t
 
-    # ----------------------------------------------------------------- MRM.pth (method.md §5.5)
+    # ----------------------------------------------------------------- MRM.pth (docs/method.md §5.5)
     def mrm_state_dict(self) -> dict[str, torch.Tensor]:
         """The entries of this model that an MRM checkpoint shares (encoder without adapters, MAE decoder)."""
         from .checkpoints import mrm_shared_keys

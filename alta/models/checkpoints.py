@@ -1,4 +1,4 @@
-"""Checkpoint files: our own save/load and the import of the official MRM.pth / ALTA.pth (method.md §4, §5).
+"""Checkpoint files: our own save/load and the import of the official MRM.pth / ALTA.pth (docs/method.md §4, §5).
 
 Contract:
 - ``read_checkpoint(path, trust=False) -> object``: every checkpoint file, ours or from outside, is read with
@@ -157,12 +157,12 @@ def load_checkpoint(path_or_obj: str | Path | dict, model: nn.Module | None = No
 
 
 def mrm_shared_keys(alta: nn.Module) -> set[str]:
-    """ALTA state-dict keys that MRM.pth also has (method.md §5.3 'Shared with ALTA')."""
+    """ALTA state-dict keys that MRM.pth also has (docs/method.md §5.3 'Shared with ALTA')."""
     return {k for k in unwrap(alta).state_dict() if ENCODER_KEY.match(k) or DECODER_KEY.match(k)}
 
 
 def _check_sincos(model: nn.Module, source: str) -> dict[str, str]:
-    """Name the construction of each loaded sin-cos table (kept as loaded either way, method.md §5.5)."""
+    """Name the construction of each loaded sin-cos table (kept as loaded either way, docs/method.md §5.5)."""
     found = {}
     for name in ("pos_embed", "decoder_pos_embed"):
         construction = which_construction(getattr(model, name))

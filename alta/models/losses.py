@@ -1,4 +1,4 @@
-"""Contrastive losses of ALTA (method.md §2.8) with cross-rank gathering.
+"""Contrastive losses of ALTA (docs/method.md §2.8) with cross-rank gathering.
 
 Contract:
 - ``gather_with_grad(x)``: concatenation over ranks along dim 0 with gradient (``torch.distributed.nn``); identity

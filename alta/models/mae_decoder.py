@@ -1,4 +1,4 @@
-"""MAE decoder with the MRM super-resolution target (method.md §1.1, §1.4, §2.8 L_MIM).
+"""MAE decoder with the MRM super-resolution target (docs/method.md §1.1, §1.4, §2.8 L_MIM).
 
 Contract (``MAEDecoderMixin``, mixed into an ``nn.Module`` that also has the ViT encoder):
 - ``build_decoder(cfg)`` adds ``decoder_embed``, ``mask_token``, ``decoder_pos_embed`` (frozen sin-cos),

@@ -1,8 +1,8 @@
-"""MRM: masked record modelling (method.md §1) — MAE with a super-resolution target plus a masked report decoder.
+"""MRM: masked record modelling (docs/method.md §1) — MAE with a super-resolution target plus a masked report decoder.
 
 Contract:
 - ``MRM(cfg, options, vocab_size, pad_token_id, mask_token_id, cls_token_id, is_continuation=None)``; state-dict
-  keys are exactly method.md §5.3 (encoder, decoder, ``bert_mlp.*``, ``bert_encoder.model.*``).
+  keys are exactly docs/method.md §5.3 (encoder, decoder, ``bert_mlp.*``, ``bert_encoder.model.*``).
 - ``forward(img_target (B,3,2S,2S), ids (B,T), attention_mask (B,T), generator=None, return_pred=False)``
   -> ``dict(loss, loss_mim, loss_rep)`` (+ ``pred``, ``mask`` when ``return_pred``). Image masking (75%) and
   whole-word report masking (50%, §1.3) happen inside; ``generator`` makes both reproducible.

@@ -1,4 +1,4 @@
-"""``alta params``: parameter breakdown of a preset (method.md §1.1 and §2.11), built on the meta device.
+"""``alta params``: parameter breakdown of a preset (docs/method.md §1.1 and §2.11), built on the meta device.
 
 Usage: ``alta params --preset vit_base [--mode faithful|recommended] [--model alta|mrm] [--json OUT]``.
 Inputs: none (the model is instantiated without weights). Output: a table on stdout with, per module group and per
@@ -69,7 +69,7 @@ def breakdown(model: nn.Module) -> dict[str, Any]:
 
 def build_for_count(model: str = "alta", preset: str = "vit_base", mode: str = "recommended",
                     options: dict | None = None) -> nn.Module:
-    from . import build_alta, build_mrm
+    from .build import build_alta, build_mrm
 
     if model == "mrm":
         vocab = 30000 if preset == "vit_base" else 1000  # the word-piece table does not change any count

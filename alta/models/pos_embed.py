@@ -1,4 +1,4 @@
-"""Fixed 2-D sine-cosine positional embeddings in the two constructions that exist (method.md §1.1, §5.5).
+"""Fixed 2-D sine-cosine positional embeddings in the two constructions that exist (docs/method.md §1.1, §5.5).
 
 Contract: ``sincos_pos_embed_2d(dim, grid, cls_token=True, construction="mae") -> Tensor (1 + grid*grid, dim)`` in
 float64-computed, float32-returned values. Half of the channels encode the row coordinate and half the column

@@ -1,9 +1,9 @@
-"""Model geometry presets and the `faithful` / `recommended` switches (method.md §1.1, §2, §3).
+"""Model geometry presets and the `faithful` / `recommended` switches (docs/method.md §1.1, §2, §3).
 
 Contract:
-- ``ModelConfig``: every size of the MRM and ALTA models. ``PRESETS['vit_base']`` is the paper (method.md §1.1, §2.2);
+- ``ModelConfig``: every size of the MRM and ALTA models. ``PRESETS['vit_base']`` is the paper (docs/method.md §1.1, §2.2);
   ``PRESETS['tiny']`` is a CPU-sized model with the same structure for the demo and the tests.
-- ``AltaOptions``: every behaviour switch of method.md §3, with defaults per mode (``faithful`` reproduces the
+- ``AltaOptions``: every behaviour switch of docs/method.md §3, with defaults per mode (``faithful`` reproduces the
   reference code, ``recommended`` applies the fixes).
 - ``resolve_config(preset, overrides)`` / ``resolve_options(mode, overrides)`` build them from the config file
   section ``model: {preset: tiny, overrides: {...}, mode: recommended, options: {...}}``; unknown keys are an error.
@@ -129,7 +129,7 @@ PRESETS: dict[str, ModelConfig] = {
 
 @dataclass(frozen=True)
 class AltaOptions:
-    """Behaviour switches (method.md §3). Each field is a config key ``model.options.<name>`` and is logged.
+    """Behaviour switches (docs/method.md §3). Each field is a config key ``model.options.<name>`` and is logged.
 
     - ``bert_embed_trainable``: §3 #2. The image -> MLM conditioning Linear is trained (recommended) or stays at its
       seeded xavier init (faithful).
@@ -150,8 +150,8 @@ class AltaOptions:
       built: ``mae`` (MAE's frequencies) or ``official`` (the official code's ``omega / D / 2.``, faithful). Loaded
       tables are always kept as the file has them.
 
-    Small-scale switches, not in the paper (off in both modes; the demo's config.yaml turns them on, README
-    "What the demo shows" has the measurements). ALTA trains its global loss on the mean [CLS] of four 75 %-masked
+    Small-scale switches, not in the paper (off in both modes; the demo's config.yaml turns them on;
+    docs/results.md §1 has the measurements). ALTA trains its global loss on the mean [CLS] of four 75 %-masked
     views but embeds one unmasked current frontal at inference (§2.10), which assumes the two agree; on the demo's
     few hundred studies with a tiny encoder they do not, and a tiny MRM's [CLS] (and a tiny text stand-in's [CLS])
     carries almost nothing that distinguishes one image (report) from another.

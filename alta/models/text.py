@@ -1,4 +1,4 @@
-"""Text models: CXR-BERT with adapters (ALTA, method.md §2.5) and the MRM report decoder (method.md §1.1).
+"""Text models: CXR-BERT with adapters (ALTA, docs/method.md §2.5) and the MRM report decoder (docs/method.md §1.1).
 
 Contract:
 - ``CXRBertEncoder``: children ``bert`` and ``cls`` of an HF ``BertForMaskedLM`` (word embeddings tied to the MLM
@@ -205,7 +205,7 @@ class ReportDecoder(nn.Module):
 def mlm_mask(ids: torch.Tensor, attention_mask: torch.Tensor, special_ids: dict[str, int], vocab_size: int,
              probability: float, replace: tuple[float, float, float],
              generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """ALTA MLM corruption (method.md §2.5): returns ``(masked_ids, labels)``."""
+    """ALTA MLM corruption (docs/method.md §2.5): returns ``(masked_ids, labels)``."""
     gen_device = generator.device if generator is not None else ids.device
 
     def rand(*shape):

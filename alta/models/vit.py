@@ -1,4 +1,4 @@
-"""ViT encoder with optional AIM adapters and MAE-style random masking (method.md §1.1, §1.3, §2.4, §2.10).
+"""ViT encoder with optional AIM adapters and MAE-style random masking (docs/method.md §1.1, §1.3, §2.4, §2.10).
 
 Contract:
 - ``AdapterBlock``: a timm ``Block`` (timm ``Attention`` with fused SDPA, timm ``Mlp``, pre-LN) plus
@@ -10,7 +10,7 @@ Contract:
   ``attn.proj``, ``norm2``, ``mlp.fc1``, ``mlp.fc2``, ``attn_adapter.D_fc{1,2}``, ``mlp_adapter.D_fc{1,2}``.
 - ``ViTEncoderMixin``: adds ``patch_embed``, ``cls_token``, ``pos_embed`` (frozen sin-cos Parameter), ``blocks``,
   ``norm`` as direct attributes of the owning model, so the checkpoint keys are the flat reference names
-  (method.md §5.2/§5.3). Methods: ``embed_patches``, ``random_masking``, ``add_cls``, ``run_blocks``.
+  (docs/method.md §5.2/§5.3). Methods: ``embed_patches``, ``random_masking``, ``add_cls``, ``run_blocks``.
 - ``random_masking(x, mask_ratio, generator)``: keep the ``int(L*(1-r))`` patches with the smallest noise;
   returns ``(x_kept (N,K,D), mask (N,L) with 1 = removed, ids_restore (N,L))``.
 """

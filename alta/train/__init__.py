@@ -4,8 +4,8 @@ Stages (each ``python -m alta.train.<stage>``, or under ``torchrun`` / ``srun`` 
 
 * :mod:`alta.train.tokenizer`     — a WordPiece tokenizer trained on the training split's reports.
 * :mod:`alta.train.text_pretrain` — the offline stand-in for CXR-BERT-specialized (not part of the method).
-* :mod:`alta.train.mrm`           — masked record modelling pretraining (method.md §1).
-* :mod:`alta.train.align`         — ALTA adapter alignment (method.md §2).
+* :mod:`alta.train.mrm`           — masked record modelling pretraining (docs/method.md §1).
+* :mod:`alta.train.align`         — ALTA adapter alignment (docs/method.md §2).
 
 What they share: :mod:`alta.train.stage` (command line, config and recipe, the MLflow run, exit codes),
 :mod:`alta.train.engine` (the training loop: resume, step, end of step; checkpoints), :mod:`alta.train.monitor`

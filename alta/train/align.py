@@ -1,4 +1,4 @@
-"""Stage `align`: ALTA adapter alignment of the MRM encoder and CXR-BERT (method.md §2).
+"""Stage `align`: ALTA adapter alignment of the MRM encoder and CXR-BERT (docs/method.md §2).
 
 Inputs: ``--pairs`` pairs.parquet (train rows; validate rows for best.pt), ``--images`` images.parquet,
 ``--extract-dir`` (folder the ``store_file`` paths are relative to), ``--mrm-weights`` an MRM checkpoint (ours or
@@ -6,7 +6,7 @@ Inputs: ``--pairs`` pairs.parquet (train rows; validate rows for best.pt), ``--i
 random init), ``--tokenizer`` a tokenizer directory (alta tokenizer, or the CXR-BERT one).
 
 Outputs in ``--out``: ``checkpoint.pt`` (final weights; ``{'model', 'optimizer', 'epoch', 'step', 'scaler', 'args',
-'preset', 'mode', 'tokenizer_dir'}``, ALTA key names, method.md §5.2), ``best.pt`` (highest validation
+'preset', 'mode', 'tokenizer_dir'}``, ALTA key names, docs/method.md §5.2), ``best.pt`` (highest validation
 image->text Recall@5 on up to ``val_max_rows`` validate studies; the final weights if there is no validate split),
 ``last.pt`` (resume point), ``epochNN.pt`` (every ``save_every_epochs``), ``tokenizer/`` (``tokenizer_dir`` in the
 checkpoints is relative to the checkpoint's folder), ``loss_curve.png``, ``train_summary.json``, ``tracking.jsonl``.
@@ -35,7 +35,7 @@ from alta.train.tokenizer import load_tokenizer, special_ids
 
 log = logging.getLogger("alta.train.align")
 
-DEFAULTS: dict = stage.defaults("align")  # method.md §2.9; alta/recipes.py
+DEFAULTS: dict = stage.defaults("align")  # docs/method.md §2.9; alta/recipes.py
 
 
 def retrieval_validator(pairs, images, extract_dir, collate, img_size: int, mean: float, std: float,
@@ -67,27 +67,23 @@ def retrieval_validator(pairs, images, extract_dir, collate, img_size: int, mean
     return validate
 
 
-def build_task(args, cfg: dict, info):
-    """The tokenizer, the ALTA model (from the MRM weights), the training pairs and the step's forward."""
-    from alta.models.build import build_alta, param_groups
+def read_mrm_weights(path: str, trust: bool = False) -> dict | None:
+    """The MRM state dict align starts from (ours or a released ``MRM.pth``, weights only unless ``trust``); None
+    for ``none``."""
     from alta.models.checkpoints import extract_state_dict, read_checkpoint
+
+    if path in (None, "none"):
+        return None
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"--mrm-weights {path}: no such file")
+    return extract_state_dict(read_checkpoint(path, trust=trust))
+
+
+def build_task(args, cfg: dict, tok, model, info):
+    """The training pairs, the step's forward (augmentation on the device) and the validation retrieval."""
+    from alta.models.build import param_groups
     from alta.train.engine import Task
 
-    if cfg["accum_steps"] != 1:
-        log.warning("align with accum_steps=%d: gradient accumulation shrinks the contrastive negative set "
-                    "(method.md §2.9); prefer more devices or a smaller batch", cfg["accum_steps"])
-    tok = load_tokenizer(args.tokenizer)
-    text_dir = None if args.text_dir in (None, "none") else args.text_dir
-    torch.manual_seed(cfg["seed"])  # same initial weights on every rank and every (re)start
-    mrm_sd = None
-    if args.mrm_weights not in (None, "none"):
-        if not Path(args.mrm_weights).is_file():
-            raise FileNotFoundError(f"--mrm-weights {args.mrm_weights}: no such file")
-        mrm_sd = extract_state_dict(read_checkpoint(args.mrm_weights, trust=args.trust_checkpoint))
-    model = build_alta(preset=cfg["preset"], mode=cfg["mode"], text_dir=text_dir, tokenizer=tok, vocab_size=len(tok),
-                       special_ids=special_ids(tok), mrm_checkpoint=mrm_sd,
-                       overrides=cfg["model_overrides"] or None, options=cfg["model_options"] or None)
-    del mrm_sd
     S, T2 = model.cfg.img_size, model.cfg.target_size
     pairs, images = altadata.load_tables(args.pairs, args.images)
     ds = altadata.PairsDataset(pairs, images, args.extract_dir, split="train", seed=cfg["seed"],
@@ -96,9 +92,6 @@ def build_task(args, cfg: dict, info):
     gen = torch.Generator()
     aug = A.AltaTrainAugment(S, T2, gen, cfg["mean"], cfg["std"], augment=cfg["augment"])
     device = torch.device(info.device)
-    out = Path(args.out)
-    if info.is_main:
-        stage.save_tokenizer(tok, out / "tokenizer")
 
     def forward(m, batch, dev):
         cf_t, views, present = aug(batch["views"], batch["present"], dev)
@@ -106,6 +99,7 @@ def build_task(args, cfg: dict, info):
 
     validate = retrieval_validator(pairs, images, args.extract_dir, altadata.Collator(tok, cfg["max_length"]), S,
                                    cfg["mean"], cfg["std"], device, cfg["val_max_rows"])
+    text_dir = None if args.text_dir in (None, "none") else args.text_dir
     return Task(model=model, dataset=ds, groups=ds.study, collate=collate, forward=forward,
                 param_groups=lambda m: param_groups(m, weight_decay=cfg["weight_decay"]),
                 generator=gen, after_step=lambda m: m.clamp_logit_scales(), validate=validate,
@@ -134,6 +128,9 @@ def text_encoder_kind(text_dir: str | None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from alta.models.build import build_alta
+
+    # parse
     argv = sys.argv[1:] if argv is None else list(argv)
     if stage.print_defaults("align", argv):
         return 0
@@ -142,8 +139,21 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {"pairs": str(args.pairs), "tokenizer": str(args.tokenizer), "mrm_weights": str(args.mrm_weights),
               "text_dir": str(args.text_dir), "text_encoder": text_encoder_kind(args.text_dir),
               "images": str(args.images)}
+    if cfg["accum_steps"] != 1:
+        log.warning("align with accum_steps=%d: gradient accumulation shrinks the contrastive negative set "
+                    "(docs/method.md §2.9); prefer more devices or a smaller batch", cfg["accum_steps"])
     with distributed.session() as info:
-        task = build_task(args, cfg, info)
+        # build: the frozen MRM encoder and text encoder with their adapters, then the data
+        tok = load_tokenizer(args.tokenizer)
+        torch.manual_seed(cfg["seed"])  # same initial weights on every rank and every (re)start
+        model = build_alta(preset=cfg["preset"], mode=cfg["mode"], tokenizer=tok, vocab_size=len(tok),
+                           special_ids=special_ids(tok), text_dir=None if args.text_dir == "none" else args.text_dir,
+                           mrm_checkpoint=read_mrm_weights(args.mrm_weights, args.trust_checkpoint),
+                           overrides=cfg["model_overrides"] or None, options=cfg["model_options"] or None)
+        task = build_task(args, cfg, tok, model, info)
+        if info.is_main:
+            stage.save_tokenizer(tok, Path(args.out) / "tokenizer")
+        # train and write
         return stage.train("align", cfg, inputs, task, args.out, info)
 
 

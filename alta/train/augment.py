@@ -1,4 +1,4 @@
-"""Batched image augmentation on the training device (method.md §1.2, §2.9, §2.10).
+"""Batched image augmentation on the training device (docs/method.md §1.2, §2.9, §2.10).
 
 The loader delivers undecoded uint8 views (the central crop of the stored 512-short-side image, see alta.train.loader);
 everything that costs arithmetic happens here on whole batches, on the GPU when there is one:
@@ -24,7 +24,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from alta.recipes import ALTA_MEAN, ALTA_STD, MRM_MEAN, MRM_STD  # one definition (method.md §1.2, §2.9)
+from alta.recipes import ALTA_MEAN, ALTA_STD, MRM_MEAN, MRM_STD  # one definition (docs/method.md §1.2, §2.9)
 
 
 def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> torch.Tensor:

@@ -1,4 +1,4 @@
-"""The training engine shared by the `mrm` and `align` stages (method.md §1.5, §2.9; architecture.md Models).
+"""The training engine shared by the `mrm` and `align` stages (docs/method.md §1.5, §2.9; docs/architecture.md Models).
 
 One loop: DDP (gloo on CPU, nccl on GPU) when launched by torchrun or srun, bf16 autocast on CUDA (fp16 + GradScaler
 optional), AdamW(β 0.9, 0.95) on the model's parameter groups, lr = blr · global_batch / 256 with per-iteration

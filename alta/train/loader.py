@@ -1,9 +1,9 @@
 """Training data: datasets over pairs.parquet + images.parquet + the packed uint8 store, the study-unique batch
-sampler, and batch collation (method.md §1.2, §2.5, §2.9; data.md §4.3, §5).
+sampler, and batch collation (docs/method.md §1.2, §2.5, §2.9; docs/data.md §4.3, §5).
 
 Inputs
 ------
-* ``pairs.parquet`` (data.md §4.5; ids are strings): one row per current frontal image; ``dicom_id``,
+* ``pairs.parquet`` (docs/data.md §4.5; ids are strings): one row per current frontal image; ``dicom_id``,
   ``cl_dicom_id``, ``pf_dicom_id``, ``pl_dicom_id`` (nullable) name the four views; ``text``; ``split``.
 * ``images.parquet`` (alta.data.extract): ``image_id`` -> ``store_file`` (relative to the extract folder),
   ``store_offset``, ``height``, ``width``. The store is raw C-order uint8 (h, w) arrays, read through ``np.memmap``
@@ -169,7 +169,7 @@ class PairsDataset(torch.utils.data.Dataset):
 
 
 def _laterals_by_study(images: pd.DataFrame) -> dict[str, list[str]]:
-    """study_id -> sorted lateral image_ids (ViewPosition, else the ViewCodeSequence meaning; data.md §4.1)."""
+    """study_id -> sorted lateral image_ids (ViewPosition, else the ViewCodeSequence meaning; docs/data.md §4.1)."""
     vp = images.get("ViewPosition", pd.Series(pd.NA, index=images.index)).astype("string").str.upper()
     meaning = images.get("ViewCodeSequence_CodeMeaning", pd.Series(pd.NA, index=images.index)).astype("string")
     lat = vp.isin(LATERAL_VIEWS).fillna(False) | (vp.isna() & meaning.str.lower().isin(LATERAL_MEANINGS).fillna(False))
@@ -208,7 +208,7 @@ class MrmDataset(torch.utils.data.Dataset):
 class Collator:
     """Stack uint8 images and tokenise the batch's texts in one call (max_length, padded, truncated).
 
-    ``prefix_cls`` (MRM, method.md §1.2): prepend the string "[CLS] " and tokenise without the tokenizer's own
+    ``prefix_cls`` (MRM, docs/method.md §1.2): prepend the string "[CLS] " and tokenise without the tokenizer's own
     special-token template, so the sequence is ``[CLS] report…`` with no [SEP].
     """
 

@@ -1,4 +1,4 @@
-"""Stage `mrm`: masked record modelling pretraining (method.md §1).
+"""Stage `mrm`: masked record modelling pretraining (docs/method.md §1).
 
 Inputs: ``--pairs`` pairs.parquet (gives each subject's split and each study's training text), ``--images``
 images.parquet (every image of the training split's subjects is a row, frontal and lateral: the reference uses no
@@ -11,7 +11,7 @@ the counts are logged (``dataset_*`` params). ``"[CLS] "`` is prepended and the 
 padded to ``max_length`` (100) tokens without [SEP] (§1.2).
 
 Outputs in ``--out``: ``checkpoint.pt`` (``{'model', 'optimizer', 'epoch', 'step', 'scaler', 'args', 'preset',
-'mode', 'tokenizer_dir'}``, MRM key names, method.md §5.3), ``last.pt``, ``epochNN.pt``, ``tokenizer/``,
+'mode', 'tokenizer_dir'}``, MRM key names, docs/method.md §5.3), ``last.pt``, ``epochNN.pt``, ``tokenizer/``,
 ``loss_curve.png``, ``train_summary.json``, ``tracking.jsonl``.
 
 Launch as for ``alta align`` (python -m, torchrun, srun). ``batch_size`` is the global batch per optimiser step
@@ -36,7 +36,7 @@ from alta.train.tokenizer import load_tokenizer
 
 log = logging.getLogger("alta.train.mrm")
 
-DEFAULTS: dict = stage.defaults("mrm")  # method.md §1.5; alta/recipes.py
+DEFAULTS: dict = stage.defaults("mrm")  # docs/method.md §1.5; alta/recipes.py
 
 
 def mrm_texts(pairs, text_source: str, sections_path: str | None) -> dict[str, str]:
@@ -55,25 +55,17 @@ def mrm_texts(pairs, text_source: str, sections_path: str | None) -> dict[str, s
     raise ValueError(f"text_source must be findings_impression or full_report, not {text_source!r}")
 
 
-def build_task(args, cfg: dict, info):
-    """The tokenizer, the MRM model, the training split's images with their texts and the step's forward."""
-    from alta.models.build import build_mrm, param_groups
+def build_task(args, cfg: dict, tok, model, info):
+    """The training split's images with their texts and the step's forward (augmentation on the device)."""
+    from alta.models.build import param_groups
     from alta.train.engine import Task
 
-    tok = load_tokenizer(args.tokenizer)
-    torch.manual_seed(cfg["seed"])  # same initial weights on every rank and every (re)start
-    model = build_mrm(preset=cfg["preset"], mode=cfg["mode"], vocab_size=len(tok), pad_token_id=tok.pad_token_id,
-                      mask_token_id=tok.mask_token_id, cls_token_id=tok.cls_token_id, tokenizer=tok,
-                      overrides=cfg["model_overrides"] or None, options=cfg["model_options"] or None)
-    T2 = model.cfg.target_size
     pairs, images = altadata.load_tables(args.pairs, args.images)
     subjects = set(pairs.loc[pairs["split"] == cfg["split"], "subject_id"].astype(str))
     ds = altadata.MrmDataset(images, mrm_texts(pairs, cfg["text_source"], args.sections), subjects, args.extract_dir)
     log.info("MRM dataset: %s", ds.stats)
     gen = torch.Generator()
-    aug = A.MrmTrainAugment(T2, gen, cfg["mean"], cfg["std"])
-    if info.is_main:
-        stage.save_tokenizer(tok, Path(args.out) / "tokenizer")
+    aug = A.MrmTrainAugment(model.cfg.target_size, gen, cfg["mean"], cfg["std"])
 
     def forward(m, batch, dev):
         return m(aug(batch["image"], dev), batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
@@ -92,6 +84,9 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from alta.models.build import build_mrm
+
+    # parse
     argv = sys.argv[1:] if argv is None else list(argv)
     if stage.print_defaults("mrm", argv):
         return 0
@@ -100,7 +95,17 @@ def main(argv: list[str] | None = None) -> int:
     inputs = {"pairs": str(args.pairs), "tokenizer": str(args.tokenizer), "sections": str(args.sections),
               "images": str(args.images)}
     with distributed.session() as info:
-        task = build_task(args, cfg, info)
+        # build: the model (random init), then the data
+        tok = load_tokenizer(args.tokenizer)
+        torch.manual_seed(cfg["seed"])  # same initial weights on every rank and every (re)start
+        model = build_mrm(preset=cfg["preset"], mode=cfg["mode"], tokenizer=tok, vocab_size=len(tok),
+                          pad_token_id=tok.pad_token_id, mask_token_id=tok.mask_token_id,
+                          cls_token_id=tok.cls_token_id,
+                          overrides=cfg["model_overrides"] or None, options=cfg["model_options"] or None)
+        task = build_task(args, cfg, tok, model, info)
+        if info.is_main:
+            stage.save_tokenizer(tok, Path(args.out) / "tokenizer")
+        # train and write
         return stage.train("mrm", cfg, inputs, task, args.out, info)
 
 

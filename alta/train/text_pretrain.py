@@ -1,6 +1,6 @@
 """Stage `text_pretrain`: a CXR-BERT stand-in for runs that have no pretrained text encoder.
 
-Why: ALTA's text tower is CXR-BERT-specialized with its backbone frozen (method.md §2.3); only adapters, LayerNorms
+Why: ALTA's text tower is CXR-BERT-specialized with its backbone frozen (docs/method.md §2.3); only adapters, LayerNorms
 and heads are trained. Without the hub (the demo, the tests, air-gapped sites) the alternative is a randomly
 initialised BERT frozen the same way, whose outputs do not depend on what a report says in any way adapters could
 use. CXR-BERT itself is a BERT pretrained by masked language modelling on radiology text and then given a [CLS]
@@ -127,24 +127,18 @@ def train_texts(pairs, split: str) -> list[str]:
     return texts.tolist()
 
 
-def build_task(args, cfg: dict, info):
+def build_task(args, cfg: dict, tok, model, info):
+    """The training split's report texts, the two sentence views per text and the step's forward (MLM masking)."""
     from alta.models.build import param_groups
     from alta.train.engine import Task
 
-    tok = load_tokenizer(args.tokenizer)
     sids = special_ids(tok)
-    if sids.get("mask") is None:
-        raise ValueError(f"{args.tokenizer}: the tokenizer has no [MASK] token (needed for MLM)")
-    torch.manual_seed(cfg["seed"])  # same initial weights on every rank and every (re)start
-    model = TextPretrainModel(_preset(cfg), len(tok), tok.pad_token_id, cfg["dropout"], cfg["init_std"])
     pairs = io.read_parquet(args.pairs)
     ds = TextDataset(train_texts(pairs, cfg["split"]), cfg["seed"], cfg["min_sentence_fraction"])
     log.info("text pretraining on %d unique report texts (split %s)", len(ds), cfg["split"])
     collate = _ViewCollate(tok, cfg["max_length"])
     gen = torch.Generator()
     replace = tuple(float(x) for x in cfg["mlm_replace"])
-    if info.is_main:
-        stage.save_tokenizer(tok, Path(args.out) / "tokenizer")
 
     def forward(m, batch, dev):
         masked, labels = mlm_mask(batch["b_ids"], batch["b_mask"], sids, len(tok), cfg["mlm_probability"],
@@ -217,6 +211,7 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # parse
     argv = sys.argv[1:] if argv is None else list(argv)
     if stage.print_defaults("text_pretrain", argv):
         return 0
@@ -224,7 +219,16 @@ def main(argv: list[str] | None = None) -> int:
     cfg = stage.load_config("text_pretrain", args)
     inputs = {"pairs": str(args.pairs), "tokenizer": str(args.tokenizer)}
     with distributed.session() as info:
-        task = build_task(args, cfg, info)
+        # build: a BERT of the preset's size (random init), then the texts
+        tok = load_tokenizer(args.tokenizer)
+        if special_ids(tok).get("mask") is None:
+            raise ValueError(f"{args.tokenizer}: the tokenizer has no [MASK] token (needed for MLM)")
+        torch.manual_seed(cfg["seed"])  # same initial weights on every rank and every (re)start
+        model = TextPretrainModel(_preset(cfg), len(tok), tok.pad_token_id, cfg["dropout"], cfg["init_std"])
+        task = build_task(args, cfg, tok, model, info)
+        if info.is_main:
+            stage.save_tokenizer(tok, Path(args.out) / "tokenizer")
+        # train and write
         rc = stage.train("text_pretrain", cfg, inputs, task, args.out, info)
         if rc == 0 and info.is_main:  # the CXR-BERT-layout directory align and evaluate load with --text-dir
             out = Path(args.out)

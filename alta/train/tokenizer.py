@@ -5,13 +5,13 @@ Contract
 ``alta tokenizer --texts sections.parquet|pairs.parquet --out DIR --vocab-size 4000``
 
 * input: a Parquet table with a ``text`` column (pairs.parquet, or sections.parquet whose ``text`` is the
-  training text of data.md §5; ``--column full_text`` trains on whole reports). Null/blank texts are skipped and
+  training text of docs/data.md §5; ``--column full_text`` trains on whole reports). Null/blank texts are skipped and
   counted.
 * output ``DIR/``: a Hugging Face tokenizer directory (``tokenizer.json``, ``tokenizer_config.json``,
   ``special_tokens_map.json``) loadable with ``transformers.PreTrainedTokenizerFast.from_pretrained(DIR)`` and with
   :func:`load_tokenizer`; plus ``tokenizer_stats.json`` (texts used/skipped, vocab size).
 
-The trained tokenizer follows the MRM report tokenizer (method.md §1.1): lowercase -> NFKD -> strip accents,
+The trained tokenizer follows the MRM report tokenizer (docs/method.md §1.1): lowercase -> NFKD -> strip accents,
 whitespace then digit pre-tokenisation, ``##`` continuation prefix, with the MRM special ids
 ``[PAD]=0, [UNK]=1, [CLS]=2, [MASK]=3`` and in addition ``[SEP]=4`` because the ALTA text encoder is a BERT that
 encodes ``[CLS] text [SEP]``. For real runs a local CXR-BERT directory is loaded with :func:`load_tokenizer`
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Iterable
 
 from alta import io
+from alta.cli import SECTION_HELP, parse_args
 
 log = logging.getLogger("alta.train.tokenizer")
 
@@ -84,7 +85,7 @@ def special_ids(tok) -> dict[str, int | None]:
             "unk": tok.unk_token_id}
 
 
-# -- sentence handling shared by the data loader (method.md §2.5) ------------------------------------------------
+# -- sentence handling shared by the data loader (docs/method.md §2.5) ------------------------------------------------
 # Split at whitespace that follows "." or "?", unless the period ends a known abbreviation. Python's look-behind
 # must be fixed width, so each abbreviation gets its own negative look-behind.
 _ABBREVIATIONS = ("e.g.", "i.e.", "Dr.", "dr.", "Mr.", "Mrs.", "Ms.", "vs.", "approx.", "St.", "No.", "no.", "Fig.",
@@ -113,10 +114,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True, help="output tokenizer directory")
     p.add_argument("--vocab-size", type=int, default=4000)
     p.add_argument("--min-frequency", type=int, default=1)
+    p.add_argument("--config-json", help=SECTION_HELP)
     p.add_argument("--split", default="train",
                    help="train only on rows of this split (a `split` column, as in pairs.parquet), so that no "
                         "validation or test report shapes the vocabulary; 'all' uses every row (default: train)")
-    a = p.parse_args(argv)
+    a = parse_args(p, argv, workflow_keys=("path",))
     df = io.read_parquet(a.texts)
     if a.column not in df.columns:
         raise SystemExit(f"{a.texts}: no column {a.column!r} (columns: {list(df.columns)})")

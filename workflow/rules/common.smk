@@ -28,8 +28,10 @@ if threading.current_thread() is threading.main_thread():
 
 
 def section(name):
-    """A config section as a canonical JSON string: the rule's params, so a changed section reruns the stage."""
-    return json.dumps(config[name], sort_keys=True)
+    """A config section as canonical, shell-quoted JSON: every rule's ``cfg`` param (so a changed section reruns the
+    stage) and its command's ``--config-json`` (each key is the stage's option of the same name).
+    """
+    return shlex.quote(json.dumps(config[name], sort_keys=True))
 
 
 def start_tracking(cfg):

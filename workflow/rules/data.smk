@@ -17,16 +17,8 @@ checkpoint demo_data:
         py=PY,
         root=lambda w, output: str(Path(output.truth).parent),
         cfg=lambda w: section("demo"),
-        n_patients=config["demo"].get("n_patients", 150),
-        seed=config["demo"].get("seed", 0),
-        chexpert=config["demo"].get("chexpert_per_class", 20),
-        queries=config["demo"].get("image_queries", 3),
-        rsna_test=config["demo"].get("rsna_test", 120),
-        rsna_val=config["demo"].get("rsna_val", 60),
     shell:
-        "{params.py} -m alta.demo.dataset --out {params.root} --n-patients {params.n_patients} --seed {params.seed}"
-        " --chexpert-per-class {params.chexpert} --image-queries {params.queries}"
-        " --rsna-test {params.rsna_test} --rsna-val {params.rsna_val} > {log} 2>&1"
+        "{params.py} -m alta.demo.dataset --out {params.root} --config-json {params.cfg} > {log} 2>&1"
 
 
 rule extract_shard:
@@ -54,18 +46,10 @@ rule extract_shard:
         root=opt("--root", ROOT),
         manifest=opt("--manifest", DATA.get("manifest")),
         metadata=lambda w: opt("--metadata", _metadata_csv()),
-        render=config["extract"].get("render", "mimic_jpg"),
-        size=config["extract"].get("size", 512),
-        n_shards=config["extract"].get("n_shards", 10),
-        colour=config["extract"].get("colour", "luminance"),
         rows=shard_digest,
-        png=config["extract"].get("png", "sample"),
-        png_sample=config["extract"].get("png_sample", 500),
     shell:
         "{params.py} -m alta.data.extract shard --source {params.source} {params.root} {params.manifest} {params.metadata}"
-        " --shard {wildcards.shard} --out {params.outdir} --render {params.render} --size {params.size}"
-        " --workers {threads} --n-shards {params.n_shards} --colour {params.colour}"
-        " --png {params.png} --png-sample {params.png_sample} > {log} 2>&1"
+        " --shard {wildcards.shard} --out {params.outdir} --workers {threads} --config-json {params.cfg} > {log} 2>&1"
 
 
 rule extract_merge:
@@ -124,12 +108,9 @@ rule sections:
             if DATA["source"] == "manifest"
             else f"--root {ROOT}"
         ),
-        text_source=config["sections"].get("text_source", "findings_impression"),
-        min_words=config["sections"].get("min_words", 3),
-        overrides=opt("--overrides", config["sections"].get("overrides")),
     shell:
         "{params.py} -m alta.data.sections --source {params.source} {params.where} --out {params.outdir}"
-        " --text-source {params.text_source} --min-words {params.min_words} {params.overrides} > {log} 2>&1"
+        " --config-json {params.cfg} > {log} 2>&1"
 
 
 rule pair:
@@ -158,11 +139,7 @@ rule pair:
         split=lambda w, input: opt(
             "--split-csv", input.split[0] if input.split else None
         ),
-        gap=opt("--max-prior-gap-days", config["pair"].get("max_prior_gap_days")),
-        val_frac=config["pair"].get("val_frac", 0.1),
-        test_frac=config["pair"].get("test_frac", 0.1),
         seed=config["seed"],
     shell:
         "{params.py} -m alta.data.pair --images {input.images} --sections {input.sections} {params.split}"
-        " --out {params.outdir} {params.gap} --val-frac {params.val_frac} --test-frac {params.test_frac}"
-        " --seed {params.seed} > {log} 2>&1"
+        " --out {params.outdir} --seed {params.seed} --config-json {params.cfg} > {log} 2>&1"

@@ -43,7 +43,7 @@ rule evaluate:
         py=PY,
         outdir=lambda w, output: str(Path(output.report).parent),
         extract=lambda w, input: str(Path(input.images).parent),
-        cfg=lambda w: shlex.quote(section("evaluate")),
+        cfg=lambda w: section("evaluate"),
         models=eval_model_args,
         tok=tokenizer_dir,
         text_dir=lambda w: opt("--text-dir", text_dir()),

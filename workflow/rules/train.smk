@@ -21,9 +21,8 @@ rule tokenizer:
         py=PY,
         outdir=lambda w, output: str(Path(output[0]).parent),
         cfg=lambda w: section("tokenizer"),
-        vocab=config["tokenizer"].get("vocab_size", 2000),
     shell:
-        "{params.py} -m alta.train.tokenizer --texts {input.pairs} --out {params.outdir} --vocab-size {params.vocab} > {log} 2>&1"
+        "{params.py} -m alta.train.tokenizer --texts {input.pairs} --out {params.outdir} --config-json {params.cfg} > {log} 2>&1"
 
 
 rule text_pretrain:
