@@ -4,6 +4,7 @@ server per test session, the demo workflow run, DICOM writers, and a synthetic p
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -80,6 +81,21 @@ def snakemake(workdir: Path, *args: str, check: bool = True, timeout: int = 1500
         logs = "\n".join(f"--- {p}\n{p.read_text()[-3000:]}" for p in sorted((workdir / "logs").rglob("*.log")))
         raise AssertionError(f"snakemake {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr[-6000:]}\n{logs}")
     return proc
+
+
+def planned_jobs(work: Path, *args: str) -> dict[str, int]:
+    """Rules a dry run would execute, with counts (parsed from Snakemake's job-stats table)."""
+    out = snakemake(work, "-n", *args).stdout
+    jobs: dict[str, int] = {}
+    if "Job stats:" in out:
+        table = out.split("Job stats:", 1)[1].splitlines()[3:]
+        for line in table:
+            m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
+            if not m:
+                break
+            if m.group(1) not in ("total", "all"):  # `all` is the target, not a stage
+                jobs[m.group(1)] = int(m.group(2))
+    return jobs
 
 
 @pytest.fixture(scope="session")

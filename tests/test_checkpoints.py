@@ -11,6 +11,7 @@ import torch
 
 from alta.models.build import build_alta, build_mrm
 from alta.models.checkpoints import (
+    ForeignObject,
     UntrustedCheckpoint,
     load_checkpoint,
     load_mae_encoder,
@@ -274,17 +275,43 @@ def test_read_checkpoint_refuses_code_and_accepts_released_layouts(tmp_path):
 
     evil = tmp_path / "evil.pth"
     torch.save({"model": sd, "hook": _RunsCode()}, evil)
-    with pytest.raises(UntrustedCheckpoint, match=r"evil\.pth: refused to load.*_RunsCode.*--trust-checkpoint"):
+    with pytest.raises(UntrustedCheckpoint, match=r"evil\.pth: refused to load.*_rebuild_runs_code.*--trust-checkpoint"):
         read_checkpoint(evil)
-    assert isinstance(read_checkpoint(evil, trust=True)["hook"], _RunsCode)  # the explicit opt-in
+    trusted = read_checkpoint(evil, trust=True)  # the explicit opt-in: the object is kept as data, never rebuilt
+    assert isinstance(trusted["hook"], ForeignObject) and type(trusted["hook"]).__name__ == "_rebuild_runs_code"
+    assert not RAN and torch.equal(trusted["model"]["cls_token"], sd["cls_token"])
+    system = tmp_path / "system.pth"
+    torch.save({"model": sd, "hook": _CallsSystem()}, system)
+    with pytest.raises(UntrustedCheckpoint, match=r"system\.pth: refused to load.*system"):
+        read_checkpoint(system, trust=True)  # a module torch never loads from a file: refused even when trusted
     junk = tmp_path / "notes.pth"
     junk.write_text("not a checkpoint")
     with pytest.raises(ValueError, match=r"notes\.pth: not a PyTorch checkpoint"):
         read_checkpoint(junk)
 
 
+RAN: list = []  # what the pickled objects below would have run
+
+
+def _rebuild_runs_code():
+    RAN.append("_rebuild_runs_code")
+    return _RunsCode()
+
+
 class _RunsCode:
-    """A pickled object whose loading would call this class: stands for code hidden in a downloaded file."""
+    """A pickled object whose loading would call a function: stands for code hidden in a downloaded file."""
+
+    def __reduce__(self):
+        return (_rebuild_runs_code, ())
+
+
+class _CallsSystem:
+    """A pickled object whose loading would run a shell command."""
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, ("true",))
 
 
 def test_build_alta_with_mrm_checkpoint_sets_trainable_after_loading():

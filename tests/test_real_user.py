@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from conftest import REPO, SHARED_DATA, covid_manifest
+from conftest import REPO, SHARED_DATA, covid_manifest, planned_jobs
 
 from alta import cli, config, recipes
 
@@ -437,7 +437,6 @@ def test_workflow_starts_align_from_a_released_mrm_and_evaluates_it(tmp_path, ml
 @pytest.mark.slow
 def test_a_report_edit_in_a_manifest_reruns_sections_onward_not_extraction(tmp_path, mlflow_uri):
     from conftest import snakemake
-    from test_workflow import planned_jobs
 
     base = SHARED_DATA / "covid-chestxray"
     if not (base / "metadata.csv").exists():

@@ -4,32 +4,16 @@ idempotent reruns, the Snakemake report."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
-from conftest import snakemake
+from conftest import planned_jobs, snakemake
 
 from alta import tracking
 
 pytestmark = pytest.mark.slow
-
-
-def planned_jobs(work: Path, *args: str) -> dict[str, int]:
-    """Rules a dry run would execute, with counts (parsed from Snakemake's job-stats table)."""
-    out = snakemake(work, "-n", *args).stdout
-    jobs: dict[str, int] = {}
-    if "Job stats:" in out:
-        table = out.split("Job stats:", 1)[1].splitlines()[3:]
-        for line in table:
-            m = re.match(r"^(\S+)\s+(\d+)$", line.strip())
-            if not m:
-                break
-            if m.group(1) not in ("total", "all"):  # `all` is the target, not a stage
-                jobs[m.group(1)] = int(m.group(2))
-    return jobs
 
 
 def png_chunk_types(data: bytes) -> set[bytes]:

@@ -66,7 +66,7 @@ def _common(ap: argparse.ArgumentParser) -> None:
                     help="DICOM rendering (default mimic_jpg, as in training)")
     ap.add_argument("--batch-size", type=int, default=32)
     ap.add_argument("--trust-checkpoint", action="store_true",
-                    help="load --checkpoint with full unpickling (only a file you trust; default: weights only)")
+                    help="read --checkpoint keeping objects outside the allowlist as inert placeholders (a file you trust; nothing runs)")
 
 
 def _embedder(ap: argparse.ArgumentParser, args) -> Embedder:

@@ -74,7 +74,7 @@ class Embedder:
         stage's ``model_options``, so that the baseline embeds the same features (pooling) as the aligned model.
         ``mrm_preset`` / ``mrm_overrides`` (kind ``mrm``): the geometry of an MRM file that records none (a released
         MRM.pth), normally the align stage's, so that the baseline is the aligned model's architecture.
-        ``trust``: the user's opt-in to unpickle a file that holds more than weights (``read_checkpoint``)."""
+        ``trust``: the user's opt-in to read a file that holds more than weights, such objects kept as inert placeholders (``read_checkpoint``)."""
         from alta.models.build import build_alta
         from alta.models.checkpoints import extract_state_dict, load_checkpoint, read_checkpoint
         from alta.train.tokenizer import load_tokenizer, special_ids

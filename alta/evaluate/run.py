@@ -341,7 +341,7 @@ def add_model_inputs(ap: argparse.ArgumentParser, model_help: str) -> None:
     ap.add_argument("--mrm-overrides", default="{}",
                     help="JSON preset overrides for such a file (the align stage's model_overrides)")
     ap.add_argument("--trust", action="append", metavar="NAME",
-                    help="load model NAME's file with full unpickling (only a file you trust; default: weights only)")
+                    help="read model NAME's file keeping objects outside the allowlist as inert placeholders (a file you trust; nothing runs)")
     ap.add_argument("--mrm-options", default="{}",
                     help="JSON ALTA options for models built from MRM weights (the align stage's model_options), so "
                          "the baseline embeds what the aligned model embeds")

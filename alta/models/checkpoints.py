@@ -5,7 +5,8 @@ Contract:
   ``torch.load(weights_only=True)``: tensors, containers and primitives, plus ``SAFE_GLOBALS`` (the types released
   checkpoints hold: the reference's ``argparse.Namespace`` args, NumPy scalars). Any other type would be rebuilt by
   running code from the file, so it is refused with :class:`UntrustedCheckpoint` naming the file and the type;
-  ``trust=True`` (the user's explicit opt-in for a file they trust) loads it with full unpickling and warns.
+  ``trust=True`` (the user's opt-in for a file they trust) keeps such objects as inert :class:`ForeignObject`
+  placeholders and warns: no file is ever unpickled with code execution.
 - ``save_checkpoint(path, model, optimizer=None, scaler=None, epoch=None, step=None, config=None, args=None,
   name=None)``: atomic ``torch.save`` of ``{'model', 'optimizer', 'scaler', 'epoch', 'step', 'config', 'args',
   'name'}`` (the reference layout plus ``step``/``config``); a DDP wrapper is unwrapped.
@@ -64,32 +65,61 @@ def _safe_globals() -> list:
 
 
 SAFE_GLOBALS = _safe_globals()
-TRUST_HINT = "if you trust this file, pass --trust-checkpoint (workflow: the matching trust_* config key)"
+TRUST_HINT = ("if you trust this file, pass --trust-checkpoint (workflow: the matching trust_* config key) to read "
+              "such objects as inert placeholders")
 
 
 class UntrustedCheckpoint(ValueError):
     """A checkpoint file holds an object whose unpickling would run code from the file."""
 
 
+class ForeignObject:
+    """An object of a type outside the allowlist, read from a checkpoint marked as trusted: kept as inert data (the
+    type's name is this class's name, the pickled arguments in ``args``, the state in ``state``); its own class is
+    never imported and nothing from the file runs."""
+
+    def __init__(self, *args, **kwargs):
+        self.args, self.kwargs, self.state = args, kwargs, None
+
+    def __setstate__(self, state):
+        self.state = state
+
+
+def _placeholders(path: Path) -> list[tuple[type, str]]:
+    """One inert :class:`ForeignObject` subclass per type the file names outside the allowlist."""
+    allowed = {f"{g.__module__}.{g.__qualname__}" for g in SAFE_GLOBALS}
+    names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)) if n not in allowed
+             and n.rsplit(".", 1)[-1] not in {"scalar", "_reconstruct"}]  # NumPy's, already allowed by object
+    return [(type(name.rsplit(".", 1)[-1], (ForeignObject,), {"__module__": "alta.foreign"}), name)
+            for name in names]
+
+
 def read_checkpoint(path: str | Path, map_location: str | torch.device = "cpu", trust: bool = False) -> Any:
-    """Read a checkpoint file as data (see the module contract); errors name the file and the problem."""
+    """Read a checkpoint file as data (see the module contract); errors name the file and the problem.
+
+    ``trust=True`` accepts types outside the allowlist as inert :class:`ForeignObject` placeholders instead of
+    refusing the file; it never unpickles with code execution (types from modules torch blocks, such as ``os`` or
+    ``subprocess``, still refuse the file)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint file")
-    if trust:
-        log.warning("%s: loaded with full unpickling because it was marked as trusted", path)
-        return torch.load(path, map_location=map_location, weights_only=False)
     try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            return torch.load(path, map_location=map_location, weights_only=True)
+        allowed = SAFE_GLOBALS + (_placeholders(path) if trust else [])
+        with torch.serialization.safe_globals(allowed):
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        if trust and len(allowed) > len(SAFE_GLOBALS):
+            log.warning("%s: marked as trusted; objects of %s kept as inert placeholders (never run)", path,
+                        ", ".join(name for _, name in allowed[len(SAFE_GLOBALS):]))
+        return obj
     except pickle.UnpicklingError as exc:
         m = re.search(r"GLOBAL ([\w.]+)", str(exc))
         if not m:
             raise ValueError(f"{path}: not a PyTorch checkpoint ({str(exc).splitlines()[-1][:200]})") from None
         what = m.group(1)
+        hint = "its module is one torch never loads from a file" if trust else TRUST_HINT
         raise UntrustedCheckpoint(
             f"{path}: refused to load: the file holds an object of type {what}, which torch can only rebuild by "
-            f"running code from the file (weights are tensors, containers and numbers); {TRUST_HINT}") from None
+            f"running code from the file (weights are tensors, containers and numbers); {hint}") from None
     except (RuntimeError, KeyError, EOFError, ValueError) as exc:
         raise ValueError(f"{path}: not a PyTorch checkpoint ({type(exc).__name__}: "
                          f"{(str(exc).splitlines() or [''])[0][:200]})") from None

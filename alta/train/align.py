@@ -112,7 +112,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--mrm-weights", default="none", help="MRM checkpoint to initialise the encoder/decoder, or none")
     p.add_argument("--text-dir", default="none", help="local CXR-BERT directory, or none (preset-sized random BERT)")
     p.add_argument("--trust-checkpoint", action="store_true",
-                   help="load --mrm-weights with full unpickling (only for a file you trust; default: weights only)")
+                   help="read --mrm-weights keeping objects outside the allowlist as inert placeholders (a file you trust; nothing runs)")
     return p
 
 
