@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -131,11 +130,10 @@ def main(argv: list[str] | None = None) -> int:
     from alta.models.build import build_alta
 
     # parse
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if stage.print_defaults("align", argv):
+    parsed = stage.parse("align", parser(), argv)
+    if parsed is None:  # --print-defaults
         return 0
-    args = parser().parse_args(argv)
-    cfg = stage.load_config("align", args)
+    args, cfg = parsed
     inputs = {"pairs": str(args.pairs), "tokenizer": str(args.tokenizer), "mrm_weights": str(args.mrm_weights),
               "text_dir": str(args.text_dir), "text_encoder": text_encoder_kind(args.text_dir),
               "images": str(args.images)}

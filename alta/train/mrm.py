@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import sys
 from pathlib import Path
 
 import torch
@@ -87,11 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     from alta.models.build import build_mrm
 
     # parse
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if stage.print_defaults("mrm", argv):
+    parsed = stage.parse("mrm", parser(), argv)
+    if parsed is None:  # --print-defaults
         return 0
-    args = parser().parse_args(argv)
-    cfg = stage.load_config("mrm", args)
+    args, cfg = parsed
     inputs = {"pairs": str(args.pairs), "tokenizer": str(args.tokenizer), "sections": str(args.sections),
               "images": str(args.images)}
     with distributed.session() as info:

@@ -2,10 +2,11 @@
 MLflow run with the stage's exit codes. Each stage module (``alta.train.mrm``, ``align``, ``text_pretrain``) reads
 top to bottom::
 
-    args = parser().parse_args(argv)                 # parse
-    cfg = stage.load_config("align", args)           # the recipe's settings, --config FILE, --config-json, --seed
+    args, cfg = stage.parse("align", parser(), argv)        # parse: recipe, --config, --config-json, --seed
     with distributed.session() as info:
-        task = build_task(args, cfg, info)           # build: tokenizer, model, dataset, the step's forward
+        tok = load_tokenizer(args.tokenizer)                  # build: tokenizer, seeded model, then the data
+        model = build_alta(preset=cfg["preset"], ..., overrides=cfg["model_overrides"])
+        task = build_task(args, cfg, tok, model, info)        #   dataset, the step's forward, validation
         return stage.train("align", cfg, inputs, task, args.out, info)   # train and write
 
 Settings precedence (lowest to highest): the settings of the chosen recipe (``alta.recipes``; ``recipe: published``
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from pathlib import Path
 
 from alta import io, recipes
@@ -51,22 +53,19 @@ def parser(stage: str, doc: str, images: bool = True) -> argparse.ArgumentParser
     return p
 
 
-def load_config(stage: str, args: argparse.Namespace) -> dict:
-    """The stage's settings from ``args`` (see module docstring): ``--config``/``--section``, ``--config-json``,
-    ``--seed`` over the recipe's settings."""
+def parse(stage: str, parser: argparse.ArgumentParser, argv) -> tuple[argparse.Namespace, dict] | None:
+    """The stage's arguments and settings (see module docstring): ``--config``/``--section``, ``--config-json``,
+    ``--seed`` over the recipe's settings. None after ``--print-defaults`` printed the published settings (checked
+    before the required arguments are parsed)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if "--print-defaults" in argv:
+        print(json.dumps(defaults(stage), indent=2))
+        return None
+    args = parser.parse_args(argv)
     cfg = load_stage_config(defaults(stage), args.config, args.section, args.config_json, stage=stage)
     if args.seed is not None:
         cfg["seed"] = args.seed
-    return cfg
-
-
-def print_defaults(stage: str, argv) -> bool:
-    """``--print-defaults`` anywhere in ``argv``: print the published settings and say so (before the required
-    arguments are parsed)."""
-    if "--print-defaults" not in list(argv or []):
-        return False
-    print(json.dumps(defaults(stage), indent=2))
-    return True
+    return args, cfg
 
 
 def load_stage_config(base: dict, config_file: str | None, section: str | None, config_json: str | None,

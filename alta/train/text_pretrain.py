@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -212,11 +211,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     # parse
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if stage.print_defaults("text_pretrain", argv):
+    parsed = stage.parse("text_pretrain", parser(), argv)
+    if parsed is None:  # --print-defaults
         return 0
-    args = parser().parse_args(argv)
-    cfg = stage.load_config("text_pretrain", args)
+    args, cfg = parsed
     inputs = {"pairs": str(args.pairs), "tokenizer": str(args.tokenizer)}
     with distributed.session() as info:
         # build: a BERT of the preset's size (random init), then the texts
