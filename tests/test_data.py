@@ -47,6 +47,35 @@ def test_tokenizer_cli(synth, tmp_path):
     assert (tmp_path / "tk" / "tokenizer.json").exists() and (tmp_path / "tk" / "tokenizer_stats.json").exists()
 
 
+def test_tokenizer_is_the_same_in_every_process(synth, tmp_path):
+    """The same corpus gives the same tokenizer bytes in separate processes (the `tokenizers` trainer did not: it
+    breaks ties between equal merges in hash order, and every run got other ids)."""
+    import os
+    import subprocess
+    import sys
+
+    outs = []
+    for seed in ("1", "2"):
+        out = tmp_path / f"tk{seed}"
+        subprocess.run([sys.executable, "-m", "alta.train.tokenizer", "--texts", str(synth[0]), "--out", str(out),
+                        "--vocab-size", "200", "--split", "all"], check=True, capture_output=True,
+                       env={**os.environ, "PYTHONHASHSEED": seed})
+        outs.append((out / "tokenizer.json").read_bytes())
+    assert outs[0] == outs[1]
+
+
+def test_wordpiece_vocab_merges_the_most_frequent_pair_first_and_ties_in_order():
+    from alta.train.tokenizer import SPECIAL_TOKENS, wordpiece_vocab
+
+    vocab = wordpiece_vocab({"abab": 3, "cd": 2, "ce": 2}, vocab_size=100)
+    assert vocab[:5] == SPECIAL_TOKENS
+    assert vocab[5:11] == ["##a", "##b", "##d", "##e", "a", "c"]  # the alphabet, sorted
+    # every pair of "abab" occurs 3 times: ties go in lexicographic order (## sorts first); then cd, ce (2 each)
+    assert vocab[11:] == ["##ab", "##bab", "abab", "cd", "ce"]
+    assert len(wordpiece_vocab({"abab": 3, "cd": 2, "ce": 2}, vocab_size=12)) == 12
+    assert wordpiece_vocab({"ab": 1}, vocab_size=100, min_frequency=2) == [*SPECIAL_TOKENS, "##b", "a"]
+
+
 def test_sentence_split_and_shuffle_keep_the_multiset():
     text = "Seen by Dr. Smith e.g. today. Heart normal? Lungs clear. No effusion."
     sents = split_sentences(text)

@@ -30,7 +30,7 @@ import pandas as pd
 
 log = logging.getLogger("alta.report.mlflow_model")
 
-CODE_FILE = Path(__file__).resolve().parent / "resources" / "mlflow_pyfunc.py"
+CODE_FILE = Path(__file__).resolve().parents[1] / "resources" / "mlflow_pyfunc.py"
 FORMAT = "alta-embed-1"
 EXAMPLE_TEXT = "No acute cardiopulmonary process."
 # Installed beside `alta` where the model is served (alta itself is not on PyPI: install it from the repository).

@@ -21,8 +21,10 @@ instead (no model hub is contacted).
 from __future__ import annotations
 
 import argparse
+import heapq
 import logging
 import re
+from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Iterable
 
@@ -35,16 +37,24 @@ SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[MASK]", "[SEP]"]  # ids 0..4, MRM
 
 
 def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int = 4000, min_frequency: int = 1):
-    """Train a BERT-style WordPiece tokenizer on ``texts`` and save it as an HF directory; return it loaded."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    """Train a BERT-style WordPiece tokenizer on ``texts`` and save it as an HF directory; return it loaded.
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]", continuing_subword_prefix="##", max_input_chars_per_word=100))
-    tok.normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.NFKD(), normalizers.StripAccents()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(), pre_tokenizers.Digits(individual_digits=False)])
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                        special_tokens=SPECIAL_TOKENS, continuing_subword_prefix="##",
-                                        show_progress=False)
-    tok.train_from_iterator(list(texts), trainer=trainer)
+    The vocabulary comes from :func:`wordpiece_vocab`, not from the ``tokenizers`` trainer: that one breaks ties
+    between equally frequent merges in hash order, which changes from process to process, so the same corpus gave
+    a different vocabulary (and different ids, embedding rows and random draws downstream) on every run."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    normalizer = normalizers.Sequence([normalizers.Lowercase(), normalizers.NFKD(), normalizers.StripAccents()])
+    pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Whitespace(),
+                                             pre_tokenizers.Digits(individual_digits=False)])
+    words: Counter = Counter()
+    for text in texts:
+        words.update(w for w, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text)))
+    vocab = wordpiece_vocab(words, vocab_size, min_frequency)
+    tok = Tokenizer(models.WordPiece({t: i for i, t in enumerate(vocab)}, unk_token="[UNK]",
+                                     continuing_subword_prefix="##", max_input_chars_per_word=100))
+    tok.normalizer, tok.pre_tokenizer = normalizer, pre_tokenizer
+    tok.add_special_tokens(SPECIAL_TOKENS)
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1",
@@ -60,6 +70,66 @@ def train_tokenizer(texts: Iterable[str], out_dir: str | Path, vocab_size: int =
     with io.atomic_dir(out_dir) as tmp:
         fast.save_pretrained(str(tmp))
     return load_tokenizer(out_dir)
+
+
+def wordpiece_vocab(word_counts: dict[str, int], vocab_size: int, min_frequency: int = 1) -> list[str]:
+    """The WordPiece vocabulary of a word count table, deterministically: the special tokens (ids 0..4), the
+    alphabet (each first character, and ``##c`` for every later one), then byte-pair merges in order, the most
+    frequent adjacent pair first and equal counts in lexicographic order, until ``vocab_size`` tokens or no pair
+    occurs ``min_frequency`` times. A merge of ``a`` and ``##b`` is the token ``ab`` (``##ab`` when ``a`` is a
+    continuation), as in BERT's WordPiece."""
+    words = sorted(word_counts)
+    symbols = [[w[0]] + ["##" + c for c in w[1:]] for w in words]
+    counts = [int(word_counts[w]) for w in words]
+    vocab = list(SPECIAL_TOKENS)
+    known = set(vocab)
+    for s in sorted({s for sym in symbols for s in sym} - known):
+        vocab.append(s)
+        known.add(s)
+    pair_count: Counter = Counter()
+    where: dict[tuple[str, str], set[int]] = defaultdict(set)
+
+    def count_pairs(i: int, sign: int) -> set[tuple[str, str]]:
+        sym = symbols[i]
+        pairs = set(zip(sym, sym[1:]))
+        for a, b in zip(sym, sym[1:]):
+            pair_count[(a, b)] += sign * counts[i]
+        for pair in pairs:
+            (where[pair].add if sign > 0 else where[pair].discard)(i)
+        return pairs
+
+    for i in range(len(words)):
+        count_pairs(i, +1)
+    heap = [(-c, pair) for pair, c in pair_count.items()]
+    heapq.heapify(heap)
+    while len(vocab) < vocab_size and heap:
+        neg, pair = heapq.heappop(heap)
+        if pair_count.get(pair, 0) != -neg:  # stale entry: the pair's current count was pushed when it changed
+            continue
+        if -neg < max(min_frequency, 1):
+            break
+        a, b = pair
+        merged = a + b[2:]
+        if merged not in known:
+            vocab.append(merged)
+            known.add(merged)
+        changed = set()
+        for i in sorted(where[pair]):
+            changed |= count_pairs(i, -1)
+            sym, out, k = symbols[i], [], 0
+            while k < len(sym):
+                if k + 1 < len(sym) and sym[k] == a and sym[k + 1] == b:
+                    out.append(merged)
+                    k += 2
+                else:
+                    out.append(sym[k])
+                    k += 1
+            symbols[i] = out
+            changed |= count_pairs(i, +1)
+        for p in sorted(changed):
+            if pair_count[p] > 0:
+                heapq.heappush(heap, (-pair_count[p], p))
+    return vocab
 
 
 def load_tokenizer(path: str | Path):
