@@ -47,6 +47,7 @@ def test_tokenizer_cli(synth, tmp_path):
     assert (tmp_path / "tk" / "tokenizer.json").exists() and (tmp_path / "tk" / "tokenizer_stats.json").exists()
 
 
+@pytest.mark.slow
 def test_tokenizer_is_the_same_in_every_process(synth, tmp_path):
     """The same corpus gives the same tokenizer bytes in separate processes (the `tokenizers` trainer did not: it
     breaks ties between equal merges in hash order, and every run got other ids)."""

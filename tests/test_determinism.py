@@ -16,6 +16,7 @@ from alta import io
 from alta.data import extract, pair, sections
 from alta.demo import dataset as demo
 
+pytestmark = pytest.mark.slow  # runs the data stages as subprocesses, twice
 TABLES = ["extract/images.parquet", "extract/rejects.parquet",
           "sections/sections.parquet", "sections/rejects.parquet", "pair/pairs.parquet", "pair/dropped.parquet",
           "pair/train.csv"]

@@ -25,6 +25,7 @@ from pydicom.uid import UID, JPEGBaseline8Bit
 from alta import io
 from alta.data.inputs import manifest_shard
 
+pytestmark = pytest.mark.slow  # every case runs a stage CLI as a subprocess
 SIZE = 48  # small stored size keeps the suite fast; the rules do not depend on it
 PRIVATE_SYNTAX = "1.2.826.0.1.3680043.2.9999.1"  # a transfer syntax no decoder knows
 

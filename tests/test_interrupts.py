@@ -26,6 +26,7 @@ from conftest import make_dataset, write_dicom
 
 from alta import tracking
 
+pytestmark = pytest.mark.slow  # kills stage subprocesses mid-run
 N_FILES = 120
 OUTPUTS = ("images.parquet", "rejects.parquet", "store.u8")
 

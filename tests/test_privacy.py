@@ -21,6 +21,7 @@ import pytest
 from alta import io, tracking
 from alta.demo.dicom import ImageSpec, dicom_bytes, uid_from
 
+pytestmark = pytest.mark.slow  # runs the data stages as subprocesses
 SUBJECTS = {"10000001": ["50000001", "50000002"], "11000002": ["50000003"]}
 CODECS = ["explicit", "implicit", "jpeg_baseline", "j2k", "rle"]
 

@@ -32,6 +32,7 @@ def test_sentence_views_are_deterministic_subsets():
     assert ds[(ds.texts.index("One sentence only."), 0)]["view_a"] == "One sentence only."
 
 
+@pytest.mark.slow
 def test_text_pretrain_learns_and_exports_a_directory_align_loads(synth, tmp_path):
     from safetensors.torch import load_file
 

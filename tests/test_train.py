@@ -208,6 +208,7 @@ def _ddp_worker(rank, world, init_file, out_dir):
     torch.save(_grads(rank, world, init_file), Path(out_dir) / f"grads{rank}.pt")
 
 
+@pytest.mark.slow
 def test_ddp_two_ranks_gives_single_process_gradients(tmp_path):
     import torch.multiprocessing as mp
 
@@ -221,6 +222,7 @@ def test_ddp_two_ranks_gives_single_process_gradients(tmp_path):
         assert torch.allclose(g0[k], single[k], rtol=1e-4, atol=1e-6), k
 
 
+@pytest.mark.slow
 def test_sigkill_mid_training_then_rerun_resumes_to_the_same_final_step(synth, tmp_path):
     """A hard kill (no handler runs) loses at most the steps since the last periodic checkpoint: the rerun resumes
     from last.pt and ends at the configured final step; no checkpoint.pt appears before the run really ends."""
