@@ -393,7 +393,10 @@ def test_no_credential_in_any_output(runs, cluster, mlflow_server, pipeline_logi
     assert len(files) > 100 and any(p.suffix == ".log" for p in files)
     assert any((server_root / "artifacts").rglob("*.json")), "no artifact reached the server"
     for p in files:
-        data = p.read_bytes()
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:  # slurmctld purges a finished job's state files while we read
+            continue
         for what, value in secrets_.items():
             assert value.encode() not in data, f"{what} found in {p}"
     # every parameter and tag of every run on the server (read as the admin)

@@ -124,6 +124,7 @@ def train(stage: str, cfg: dict, inputs: dict, task, out_dir: str | Path, info: 
     out = Path(out_dir)
     config = {**cfg, **inputs}
     recipe = recipe_record(stage, config)
+    log.info("%s: rank %d/%d (%s) on %s", stage, info.rank, info.world_size, info.launcher, info.device)
     if info.is_main:
         (log.info if not recipe["differences"] else log.warning)("%s: %s", stage, recipe["summary"])
     task.meta.update(recipe=recipe["name"], recipe_differences=recipe["differences"])
