@@ -45,9 +45,12 @@ log = logging.getLogger("alta.tracking")
 
 CONTEXT_ENV = "ALTA_TRACKING_CONTEXT"
 
-# A tracking server that is down must cost seconds, not the minutes of MLflow's default retry back-off.
+# A tracking server that is down must cost seconds, not the minutes of MLflow's default retry back-off. A down
+# server refuses connections at once; the read timeout only waits on a slow one, and a too-short one is worse than
+# slow: a timed-out `runs/create` that the server did carry out is retried, and the first run stays RUNNING forever
+# (seen with 10 s on a loaded machine).
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "60")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "1")
 
 
