@@ -35,7 +35,8 @@ from typing import Any
 STAGES = ("text_pretrain", "mrm", "align")
 RECIPES = ("published", "demo")
 
-# Normalisation constants of the reference transforms (docs/method.md §1.2, §2.9); alta.train.augment uses the same values.
+# Normalisation constants of the reference transforms (docs/method.md §1.2, §2.9); alta.train.augment uses
+# the same values.
 MRM_MEAN, MRM_STD = 0.4978, 0.2449
 ALTA_MEAN, ALTA_STD = 0.4785, 0.2834
 
@@ -190,7 +191,8 @@ def _norm(v: Any) -> Any:
 
 
 def describe(name: str, diff: dict[str, dict[str, Any]]) -> str:
-    """``recipe published (no differences)`` or ``recipe demo; differs from the published method: k=v (published p), ...``."""
+    """``recipe published (no differences)`` or
+    ``recipe demo; differs from the published method: k=v (published p), ...``."""
     if not diff:
         return f"recipe {name}: the published method (no differences)"
     items = ", ".join(f"{k}={d['value']!r} (published {d['published']!r})" for k, d in diff.items())
