@@ -479,7 +479,7 @@ def test_small_scale_options_reject_unknown_values(key, value):
         tiny_alta(options={key: value})
 
 
-@pytest.mark.parametrize("pooling", ["cls", "patch_mean"])
+@pytest.mark.parametrize("pooling", ["cls", "patch_mean", "patch_grid"])
 def test_training_global_embedding_is_the_inference_embedding_without_masking(pooling):
     """With no masking and only the current frontal present, the four-view training embedding (§2.6, present views
     only) must be exactly what inference embeds (§2.10), for both poolings: then loss_global == loss_global_cf."""
@@ -498,6 +498,21 @@ def test_training_global_embedding_is_the_inference_embedding_without_masking(po
     terms = sum(out[k] for k in ("loss_global", "loss_local", "loss_mim", "loss_mlm", "loss_global_cf"))
     assert torch.allclose(out["loss"], terms)
     assert "loss_global_cf" not in tiny_alta().eval()(cf, views, present, ids, am)
+
+
+def test_patch_grid_places_each_visible_patch_in_its_grid_cell():
+    """patch_grid: the K visible patch outputs go to the cells random_masking took them from, the masked cells are
+    zero, and the visible ones are scaled by N/K; the full grid (inference) is flattened as it is."""
+    m = tiny_alta(options={"image_pooling": "patch_grid"})
+    n, d = m.cfg.num_patches, m.cfg.embed_dim
+    assert m.projection_head.dense_to_hidden.in_features == n * d
+    grid = torch.randn(2, 4, n, d)
+    kept, mask, ids_restore = random_masking(grid.flatten(0, 1), 0.75, torch.Generator().manual_seed(0))
+    k = kept.shape[1]
+    feat = m.view_feature(None, kept.view(2, 4, k, d), ids_restore.view(2, 4, n)).view(2, 4, n, d)
+    visible = (mask.view(2, 4, n) == 0).unsqueeze(-1)
+    assert torch.allclose(feat, torch.where(visible, grid * (n / k), torch.zeros(())))
+    assert torch.equal(m.view_feature(None, grid), grid.flatten(-2))
 
 
 def test_pooling_options_change_the_inference_embeddings():

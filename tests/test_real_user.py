@@ -53,7 +53,7 @@ def test_demo_recipe_and_user_keys_win_over_it():
     assert demo["recipe"] == "demo" and DEMO_SWITCHES <= set(demo["align"]["model_options"])
     diff = recipes.differences("align", demo["align"])
     assert {"preset", "model_options.inference_view_loss", "model_overrides.mask_ratio", "augment"} <= set(diff)
-    assert diff["model_options.image_pooling"] == {"value": "patch_mean", "published": "cls"}
+    assert diff["model_options.image_pooling"] == {"value": "patch_grid", "published": "cls"}
     # a scalar choice overrides the nested demo settings completely ...
     pub = config.resolve_recipe(_merged({"recipe": "published"}))
     assert pub["align"]["model_options"] == {} and pub["align"]["preset"] == "vit_base"
@@ -110,7 +110,7 @@ def test_invalid_option_values_are_named_before_anything_runs(tmp_path, capsys):
     path.write_text(yaml.safe_dump(cfg))
     assert cli.main(["config", str(path)]) == 1
     err = capsys.readouterr().err.strip().splitlines()
-    assert err == [f"{path}: align.model_options.image_pooling: must be 'cls' or 'patch_mean', got 'mean'",
+    assert err == [f"{path}: align.model_options.image_pooling: must be 'cls', 'patch_mean' or 'patch_grid', got 'mean'",
                    f"{path}: align.model_overrides.mask_ratio: must be in [0, 1), got 1.5"]
 
 
@@ -430,7 +430,7 @@ def test_workflow_starts_align_from_a_released_mrm_and_evaluates_it(tmp_path, ml
     assert align_run.data.params["mrm_weights_sha256"] == sha
     assert align_run.data.params["mrm_weights_bytes"] == str(weights.stat().st_size)
     assert align_run.data.tags["alta.recipe"] == "demo"
-    assert "model_options.image_pooling='patch_mean'" in align_run.data.tags["alta.recipe_differences"]
+    assert "model_options.image_pooling='patch_grid'" in align_run.data.tags["alta.recipe_differences"]
 
 
 # ---------------------------------------------------------------------------------------------- manifest reruns -

@@ -118,7 +118,7 @@ def test_parent_provenance_and_effective_model_options(demo_workflow, mlflow_uri
     assert {"provenance/config.yaml", "provenance/git.txt", "provenance/packages.txt"} <= names
     align = next(r for r in runs if r.data.tags.get("alta.stage") == "align")
     params = align.data.params
-    assert params["effective.model_options.image_pooling"] == "patch_mean"  # config.yaml's align.model_options
+    assert params["effective.model_options.image_pooling"] == "patch_grid"  # config.yaml's align.model_options
     assert params["effective.model_config.img_size"] and "effective.model_options.inference_view_loss" in params
 
 

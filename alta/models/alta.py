@@ -62,7 +62,9 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
         self.view_embedding = nn.Parameter(torch.zeros(1, 2, d))
         self.bert_embed = nn.Linear(d, text_encoder.config.hidden_size)
         self.build_decoder(cfg)
-        self.projection_head = ProjectionHead(d, cfg.proj_dim)
+        # patch_grid: the global head reads the whole grid of patch outputs (N x D), not one D-vector
+        self.projection_head = ProjectionHead(d * cfg.num_patches if options.image_pooling == "patch_grid" else d,
+                                              cfg.proj_dim)
         self.local_projection_head = ProjectionHead(d, cfg.proj_dim)
         init = math.log(1 / 0.07)
         self.logit_scale = nn.Parameter(torch.tensor(init))
@@ -172,10 +174,23 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
         length = mask.shape[1]
         return h[:, :, 0], h[:, :, 1:], mask.view(b, 4, length), ids_restore.view(b, 4, length)
 
-    def view_feature(self, cls: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
-        """Per-view global feature (..., D): the [CLS] output, or the mean of the view's visible patch outputs
-        with ``image_pooling='patch_mean'``."""
-        return cls if self.options.image_pooling == "cls" else patches.mean(dim=-2)
+    def view_feature(self, cls: torch.Tensor, patches: torch.Tensor,
+                     ids_restore: torch.Tensor | None = None) -> torch.Tensor:
+        """Per-view global feature: the [CLS] output (..., D), or the mean of the view's visible patch outputs
+        with ``image_pooling='patch_mean'``, or with ``patch_grid`` the patch outputs in grid order, flattened
+        (..., N*D): masked cells are zero and the visible ones are scaled by N/K (as dropout is), so that a masked
+        training view and the unmasked inference view have the same expected feature. ``ids_restore`` (..., N)
+        places the K <= N patches (in random_masking's shuffled order); without it ``patches`` is the grid in order."""
+        if self.options.image_pooling == "cls":
+            return cls
+        if self.options.image_pooling == "patch_mean":
+            return patches.mean(dim=-2)
+        k, n = patches.shape[-2], self.cfg.num_patches
+        if ids_restore is not None:
+            keep = ids_restore.argsort(dim=-1)[..., :k]  # grid cell of each visible patch (random_masking order)
+            grid = patches.new_zeros(*patches.shape[:-2], n, patches.shape[-1])
+            patches = grid.scatter(-2, keep.unsqueeze(-1).expand_as(patches), patches) * (n / k)
+        return patches.flatten(-2)
 
     def pool_views(self, feat: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """(B,4,D) per-view features -> (B,D) c̄: the mean over all four views (§2.6), or over the present ones
@@ -202,7 +217,7 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
         x = torch.cat([cf.unsqueeze(1).to(views.dtype), views[:, 1:]], dim=1)
         cls, patches, mask, ids_restore = self.forward_encoder(x, present, generator)
 
-        cbar = self.pool_views(self.view_feature(cls, patches), present)
+        cbar = self.pool_views(self.view_feature(cls, patches, ids_restore), present)
         img_global = F.normalize(self.projection_head(cbar), dim=-1)
         regions = self.local_projection_head(patches.flatten(1, 2))  # (B, 4K, P)
         region_mask = None
@@ -211,7 +226,9 @@ class ALTA(ViTEncoderMixin, MAEDecoderMixin, nn.Module):
 
         masked_ids, labels = mlm_mask(ids, attention_mask, self.special_ids, self.text_vocab_size,
                                       self.options.mlm_probability, self.options.mlm_replace, generator)
-        z = self.bert_embed(cbar)
+        # the MLM conditioning is one D-vector (§2.5): under patch_grid the pooled patch mean stands in for c̄
+        z = self.bert_embed(self.pool_views(patches.mean(dim=-2), present) if self.options.image_pooling ==
+                            "patch_grid" else cbar)
         cond = torch.cat([torch.zeros_like(z), z], dim=0)  # clean half: no image conditioning
         hidden = self.bert_encoder(torch.cat([ids, masked_ids]), torch.cat([attention_mask, attention_mask]), cond)
         clean, corrupted = hidden[:b], hidden[b:]

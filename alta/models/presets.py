@@ -161,7 +161,10 @@ class AltaOptions:
       pass over the current frontal per sample; no new parameters.
     - ``image_pooling``: ``cls`` (method) or ``patch_mean``: the per-view global feature is the mean of the view's
       patch outputs (its visible ones in training, all at inference) instead of the [CLS] output. MRM conditions
-      the report decoder on exactly this mean (§1.1), so it is the feature MRM trains.
+      the report decoder on exactly this mean (§1.1), so it is the feature MRM trains. Or ``patch_grid``: the
+      view's patch outputs in grid order, flattened (N*D; masked cells zero, visible ones scaled by N/K), so that
+      the global head sees where a finding is, which a mean over the grid loses; the head's input grows to N*D
+      (a demo-scale option). The MLM conditioning stays one D-vector: the patch mean.
     - ``text_pooling``: ``cls`` (method) or ``token_mean``: the global text feature is the mean of the attended
       token states instead of h_[CLS], in training and at inference.
     """
@@ -194,8 +197,8 @@ class AltaOptions:
             raise ValueError(f"mrm_text_loss_positions must be 'all' or 'masked', got {self.mrm_text_loss_positions!r}")
         if self.pos_embed_construction not in ("mae", "official"):
             raise ValueError(f"pos_embed_construction must be 'mae' or 'official', got {self.pos_embed_construction!r}")
-        if self.image_pooling not in ("cls", "patch_mean"):
-            raise ValueError(f"image_pooling must be 'cls' or 'patch_mean', got {self.image_pooling!r}")
+        if self.image_pooling not in ("cls", "patch_mean", "patch_grid"):
+            raise ValueError(f"image_pooling must be 'cls', 'patch_mean' or 'patch_grid', got {self.image_pooling!r}")
         if self.text_pooling not in ("cls", "token_mean"):
             raise ValueError(f"text_pooling must be 'cls' or 'token_mean', got {self.text_pooling!r}")
         rep = tuple(float(x) for x in self.mlm_replace)
