@@ -81,7 +81,7 @@ _DEMO: dict[str, dict[str, Any]] = {
     # epochs; patch_grid pooling at blr 0.05 (lr 0.0016): a mean over the 8x8 patch grid loses where a finding is
     # (left or right effusion, heart width), and with patch_mean at blr 0.2 the global loss sat at ln 8 for ~13
     # epochs and seeds 0 / 1 / 2 scored R@5 0.137 / 0.123 / 0.192 (73 test studies, chance 0.068). This recipe:
-    # 0.247 / 0.247 / 0.247 (3.6x chance; MRM baseline 0.082; docs/results.md §1).
+    # 0.247 / 0.260 / 0.233 (3.6x / 3.8x / 3.4x chance; MRM baseline 0.082; docs/results.md §1).
     "align": {"preset": "tiny", "batch_size": 8, "blr": 0.05, "warmup_epochs": 3, "schedule_epochs": 30,
               "max_epochs": 30, "num_workers": 0, "augment": False, "model_overrides": {"mask_ratio": 0.5},
               "model_options": {"inference_view_loss": True, "image_pooling": "patch_grid",
