@@ -95,7 +95,10 @@ def test_pairs_dataset_and_collate_shapes(synth, tok):
     batch = col([ds[(i, 0)] for i in range(len(ds))])
     B = len(ds)
     assert batch["views"].shape == (B, 4, 112, 112) and batch["views"].dtype == torch.uint8
-    assert batch["present"].shape == (B, 4) and batch["input_ids"].shape == (B, 32)
+    # texts are padded to the batch's longest (cut at max_length), not to max_length
+    longest = max(len(tok(t)["input_ids"]) for t in ds.df["text"])
+    assert batch["present"].shape == (B, 4) and batch["input_ids"].shape == (B, min(32, longest))
+    assert batch["attention_mask"][:, -1].any()
     expect = torch.tensor(ds.df[list(D.VIEW_COLUMNS)].notna().to_numpy())
     assert torch.equal(batch["present"], expect)
     assert batch["present"][:, 0].all() and not batch["present"].all()

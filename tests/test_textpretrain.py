@@ -32,6 +32,42 @@ def test_sentence_views_are_deterministic_subsets():
     assert ds[(ds.texts.index("One sentence only."), 0)]["view_a"] == "One sentence only."
 
 
+@pytest.mark.parametrize("padding_side", ["right", "left"])
+def test_length_groups_change_the_batching_not_the_losses_or_gradients(padding_side):
+    """The encoder split into passes over rows of similar length (less padding) computes what one padded pass does."""
+    from alta.models.presets import PRESETS
+
+    torch.manual_seed(0)
+    model = tp.TextPretrainModel(PRESETS["tiny"], vocab_size=50, pad_token_id=0, dropout=0.0, init_std=0.3)
+    gen = torch.Generator().manual_seed(1)
+
+    def views(n, T):
+        lengths = torch.randint(2, T + 1, (n,), generator=gen)
+        mask = (torch.arange(T)[None] < lengths[:, None]).long()
+        if padding_side == "left":
+            mask = mask.flip(1)
+        return torch.randint(5, 50, (n, T), generator=gen) * mask, mask
+
+    a, b = views(6, 17), views(6, 23)
+    masked = b[0].clone()
+    labels = torch.full_like(masked, -100)
+    sel = (b[1] == 1) & (torch.rand(masked.shape, generator=gen) < 0.3)
+    sel[0, b[1][0].nonzero()[0]] = True  # at least one MLM target
+    labels[sel], masked[sel] = masked[sel], 4
+    results = []
+    for groups in (1, 3, 12):
+        model.zero_grad()
+        out = model(a, b, masked, labels, length_groups=groups)
+        (out["loss_contrastive"] + out["loss_mlm"]).backward()
+        results.append((out["loss_contrastive"].item(), out["loss_mlm"].item(),
+                        [p.grad.clone() for p in model.parameters() if p.grad is not None]))
+    for loss_c, loss_m, grads in results[1:]:
+        assert loss_c == pytest.approx(results[0][0], rel=1e-5) and loss_m == pytest.approx(results[0][1], rel=1e-5)
+        assert len(grads) == len(results[0][2])
+        for g, g0 in zip(grads, results[0][2]):
+            torch.testing.assert_close(g, g0, rtol=1e-3, atol=1e-5)
+
+
 @pytest.mark.slow
 def test_text_pretrain_learns_and_exports_a_directory_align_loads(synth, tmp_path):
     from safetensors.torch import load_file

@@ -21,6 +21,7 @@ Images and reports follow the same latent state (``alta.demo.findings``) that ev
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import logging
 import time
 from collections import Counter
@@ -119,8 +120,17 @@ def _split(subjects: list[str], rng: np.random.Generator, frac: float = 0.15) ->
     return {s: ("validate" if i < k else "test" if i < 2 * k else "train") for i, s in enumerate(order)}
 
 
-def generate(out: Path, n_patients: int = 150, seed: int = 0, **sizes) -> dict:
+def _write_image(job) -> None:
+    path, state, view, rows, columns, spec, pixel_seed = job
+    img = render(state, view, rows, columns, np.random.default_rng(pixel_seed))
+    aio.write_bytes(path, dicom_bytes(img, spec))
+
+
+def generate(out: Path, n_patients: int = 150, seed: int = 0, workers: int = 1, **sizes) -> dict:
     """Write the whole demo dataset under ``out`` and return the truth summary (also ``demo_truth.json``).
+
+    ``workers`` processes render and write the images and the benchmark files; the bytes are the same for any
+    number of workers.
 
     ``sizes``: chexpert_per_class (20), image_queries (3), rsna_test (120), rsna_val (60), rsna_size (1024),
     large (0), large_shape ((2500, 2000)).
@@ -150,8 +160,11 @@ def generate(out: Path, n_patients: int = 150, seed: int = 0, **sizes) -> dict:
             chex_rows.append({"subject_id": p["subject_id"], "study_id": s["study_id"], **labels})
             prev = s["state"]
 
-    meta_rows, truth_rows, phi_values = [], [], set()
-    for im in tqdm(images, desc="demo dicoms", disable=None):
+    # Images: headers and table rows here; rendering, encoding and writing in `workers` processes. Each image draws
+    # its pixels from its own generator (a seed taken from `rng` in image order), so the bytes do not depend on the
+    # number of workers or on the order in which they finish.
+    meta_rows, truth_rows, phi_values, jobs = [], [], set(), []
+    for im in images:
         p, s = studies[im["study_id"]]
         did = im["dicom_id"]
         phi = _phi(p["subject_id"], s["study_id"], int(birth[p["subject_id"]]), did)
@@ -164,8 +177,10 @@ def generate(out: Path, n_patients: int = 150, seed: int = 0, **sizes) -> dict:
             view_position=im["view_position"], view_code=im["view"] if im["view_meaning"] else "",
             orientation=im["orientation"], procedure=s["procedure"], slope=slope, intercept=intercept,
             pixel_spacing=round(0.139 * 3000 / im["rows"], 6), phi=phi)
-        img = render(s["state"], im["view"], im["rows"], im["columns"], rng)
-        aio.write_bytes(study_dir(out, p["subject_id"], s["study_id"]) / f"{did}.dcm", dicom_bytes(img, spec))
+        if spec.codec == "jpeg_baseline":
+            spec.bits_stored = 8  # what dicom_bytes writes (8-bit JPEG), recorded in the truth table
+        path = study_dir(out, p["subject_id"], s["study_id"]) / f"{did}.dcm"
+        jobs.append((path, s["state"], im["view"], im["rows"], im["columns"], spec, int(rng.integers(2**63))))
         meta_rows.append({"dicom_id": did, "subject_id": p["subject_id"], "study_id": s["study_id"],
                           "PerformedProcedureStepDescription": s["procedure"], "ViewPosition": im["view_position"],
                           "Rows": str(im["rows"]), "Columns": str(im["columns"]), "StudyDate": s["date"],
@@ -174,7 +189,7 @@ def generate(out: Path, n_patients: int = 150, seed: int = 0, **sizes) -> dict:
                           "PatientOrientationCodeSequence_CodeMeaning": im["orientation"]})
         truth_rows.append({
             "dicom_id": did, "subject_id": p["subject_id"], "study_id": s["study_id"], "split": split[p["subject_id"]],
-            "path": str((study_dir(out, p["subject_id"], s["study_id"]) / f"{did}.dcm").relative_to(out)),
+            "path": str(path.relative_to(out)),
             "view": im["view"], "view_position": im["view_position"], "view_meaning": im["view_meaning"],
             "transfer_syntax": str(CODECS[im["codec"]]), "codec": im["codec"], "photometric": im["photometric"],
             "bits_stored": int(spec.bits_stored), "modality": im["modality"], "rows": im["rows"],
@@ -182,6 +197,15 @@ def generate(out: Path, n_patients: int = 150, seed: int = 0, **sizes) -> dict:
             "study_date": s["date"], "study_time": s["time"], "study_index": s["index"], "time_tie": s["tie"],
             "study_datetime": pd.Timestamp(f"{s['date']} {s['time'][:2]}:{s['time'][2:4]}:{s['time'][4:]}"),
             **s["state"].as_row()})
+    bench_args = dict(per_class=sizes.get("chexpert_per_class", 20), image_queries=sizes.get("image_queries", 3),
+                      rsna_test=sizes.get("rsna_test", 120), rsna_val=sizes.get("rsna_val", 60),
+                      rsna_size=sizes.get("rsna_size", 1024))
+    with concurrent.futures.ProcessPoolExecutor(max(1, workers)) as pool:
+        # the benchmark files (their own generator) go first, beside the images
+        bench_future = pool.submit(write_benchmarks, out, np.random.default_rng([seed, 1]), **bench_args)
+        for _ in tqdm(pool.map(_write_image, jobs, chunksize=16), total=len(jobs), desc="demo dicoms", disable=None):
+            pass
+        bench = bench_future.result()
 
     meta = pd.DataFrame(meta_rows, columns=METADATA_COLUMNS).sort_values(["subject_id", "study_id", "dicom_id"])
     aio.write_csv_gz(out / "mimic-cxr-2.0.0-metadata.csv.gz", meta)
@@ -191,10 +215,6 @@ def generate(out: Path, n_patients: int = 150, seed: int = 0, **sizes) -> dict:
     chex[list(CHEXPERT_LABELS_ALPHA)] = chex[list(CHEXPERT_LABELS_ALPHA)].astype("float64")
     aio.write_csv_gz(out / "mimic-cxr-2.0.0-chexpert.csv.gz", chex.sort_values(["subject_id", "study_id"]))
 
-    bench = write_benchmarks(
-        out, np.random.default_rng([seed, 1]), per_class=sizes.get("chexpert_per_class", 20),
-        image_queries=sizes.get("image_queries", 3), rsna_test=sizes.get("rsna_test", 120),
-        rsna_val=sizes.get("rsna_val", 60), rsna_size=sizes.get("rsna_size", 1024))
     large = write_large(out / "large", sizes.get("large", 0), seed, sizes.get("large_shape", (2500, 2000)))
 
     truth = pd.DataFrame(truth_rows).sort_values(["subject_id", "study_id", "dicom_id"], ignore_index=True)
@@ -248,13 +268,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rsna-val", type=int, default=60, help="RSNA val list size")
     ap.add_argument("--rsna-size", type=int, default=1024, help="RSNA image side (Kaggle: 1024)")
     ap.add_argument("--large", type=int, default=0, help="also write N big 16-bit DICOMs under OUT/large/")
+    ap.add_argument("--workers", type=int, default=1, help="processes writing images (same bytes for any number)")
     ap.add_argument("--config-json", help=SECTION_HELP)
     a = parse_args(ap, argv, workflow_keys=("enabled",))
     if a.n_patients < 1:
         ap.error("--n-patients must be >= 1")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     generate(a.out, a.n_patients, a.seed, chexpert_per_class=a.chexpert_per_class, image_queries=a.image_queries,
-             rsna_test=a.rsna_test, rsna_val=a.rsna_val, rsna_size=a.rsna_size, large=a.large)
+             rsna_test=a.rsna_test, rsna_val=a.rsna_val, rsna_size=a.rsna_size, large=a.large, workers=a.workers)
     return 0
 
 

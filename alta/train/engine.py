@@ -50,7 +50,7 @@ log = logging.getLogger("alta.train.engine")
 # max_steps / max_epochs only say where to stop (the schedule depends on schedule_epochs), so a rerun with a larger
 # value continues the same run.
 NON_RESULT_KEYS = {"num_workers", "log_every", "ckpt_every", "save_every_epochs", "eval_every_epochs",
-                   "val_max_rows", "max_steps", "max_epochs"}
+                   "val_max_rows", "max_steps", "max_epochs", "length_groups"}
 
 
 @dataclass

@@ -51,11 +51,13 @@ DEFAULTS: dict = stage.defaults("text_pretrain")  # alta/recipes.py
 class TextPretrainModel(nn.Module):
     """BertForMaskedLM of the preset geometry + ``cls_projection_head`` + a log temperature.
 
-    ``forward(view_a, view_b, masked_ids, labels)`` with ``view_*`` = (ids (B,T), attention_mask (B,T)) and the MLM
-    corruption ``masked_ids``/``labels`` of ``view_b``: returns ``dict(loss_contrastive, loss_mlm, logit_scale)``.
+    ``forward(view_a, view_b, masked_ids, labels, length_groups)`` with ``view_*`` = (ids (B,T), attention_mask
+    (B,T)) and the MLM corruption ``masked_ids``/``labels`` of ``view_b``: returns ``dict(loss_contrastive, loss_mlm,
+    logit_scale)``. ``length_groups`` only changes how the encoder is batched (:meth:`encode`), not the result.
     """
 
-    def __init__(self, cfg, vocab_size: int, pad_token_id: int, dropout: float, init_std: float) -> None:
+    def __init__(self, cfg, vocab_size: int, pad_token_id: int, dropout: float, init_std: float,
+                 attention_dropout: float | None = None) -> None:
         from transformers import BertForMaskedLM
 
         from alta.models.adapters import ProjectionHead
@@ -64,23 +66,45 @@ class TextPretrainModel(nn.Module):
 
         super().__init__()
         self.cfg = resolve_config(cfg, {"text_dropout": dropout, "text_init_std": init_std})
-        self.mlm = BertForMaskedLM(_bert_config(self.cfg, vocab_size, pad_token_id))
+        config = _bert_config(self.cfg, vocab_size, pad_token_id)
+        if attention_dropout is not None:  # None: the attention probabilities get ``dropout`` too, as in BERT
+            config.attention_probs_dropout_prob = attention_dropout
+        self.mlm = BertForMaskedLM(config)
         self.cls_projection_head = ProjectionHead(self.cfg.text_hidden, self.cfg.proj_dim)
         self.cls_projection_head.apply(lambda m: _hf_like_init(m, init_std))
         self.logit_scale = nn.Parameter(torch.tensor(math.log(1 / 0.07)))
 
-    def embed(self, ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        h = self.mlm.bert(input_ids=ids, attention_mask=attention_mask).last_hidden_state
-        return F.normalize(self.cls_projection_head(h[:, 0]), dim=-1)
+    def encode(self, ids: torch.Tensor, attention_mask: torch.Tensor, length_groups: int = 1) -> torch.Tensor:
+        """BERT's last hidden states (N, T, H) for the rows of ``ids``, run as ``length_groups`` passes over rows of
+        similar length, each cut after its group's last attended position (zeros beyond it).
 
-    def forward(self, view_a, view_b, masked_ids: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        Rows never attend to each other in BERT, so the result is that of one padded pass over all rows; the point is
+        the padding: report views vary several-fold in length, and a batch padded to its longest view spent over
+        a third of the demo's stand-in training on pad tokens."""
+        n, T = ids.shape
+        order = torch.argsort(attention_mask.sum(1), stable=True)
+        parts = []
+        for rows in torch.tensor_split(order, max(1, min(length_groups, n))):
+            L = int(attention_mask[rows].any(0).nonzero().max()) + 1
+            h = self.mlm.bert(input_ids=ids[rows, :L], attention_mask=attention_mask[rows, :L]).last_hidden_state
+            parts.append(F.pad(h, (0, 0, 0, T - L)))
+        return torch.cat(parts)[torch.argsort(order)]
+
+    def forward(self, view_a, view_b, masked_ids: torch.Tensor, labels: torch.Tensor,
+                length_groups: int = 1) -> dict[str, torch.Tensor]:
         from alta.models.losses import global_contrastive_loss
         from alta.models.text import masked_lm_loss
 
-        loss_contrastive = global_contrastive_loss(self.embed(*view_a), self.embed(*view_b), self.logit_scale)
-        h = self.mlm.bert(input_ids=masked_ids, attention_mask=view_b[1]).last_hidden_state
+        # one encoder call over [view a; view b; masked view b] (3B rows), split by length (see encode)
+        B, T = view_a[0].shape[0], max(view_a[0].shape[1], view_b[0].shape[1])
+        rows = [(view_a[0], view_a[1]), (view_b[0], view_b[1]), (masked_ids, view_b[1])]
+        ids = torch.cat([F.pad(i, (0, T - i.shape[1]), value=0) for i, _ in rows])
+        mask = torch.cat([F.pad(m, (0, T - m.shape[1]), value=0) for _, m in rows])
+        h = self.encode(ids, mask, length_groups)
+        z = F.normalize(self.cls_projection_head(h[:2 * B, 0]), dim=-1)
+        loss_contrastive = global_contrastive_loss(z[:B], z[B:], self.logit_scale)
         sel = labels != -100
-        loss_mlm = masked_lm_loss(self.mlm.cls(h[sel]), labels[sel])
+        loss_mlm = masked_lm_loss(self.mlm.cls(h[2 * B:, :labels.shape[1]][sel]), labels[sel])
         return dict(loss_contrastive=loss_contrastive, loss_mlm=loss_mlm,
                     logit_scale=self.logit_scale.detach().exp())
 
@@ -143,7 +167,7 @@ def build_task(args, cfg: dict, tok, model, info):
         masked, labels = mlm_mask(batch["b_ids"], batch["b_mask"], sids, len(tok), cfg["mlm_probability"],
                                   replace, gen)
         out = m((batch["a_ids"].to(dev), batch["a_mask"].to(dev)), (batch["b_ids"].to(dev), batch["b_mask"].to(dev)),
-                masked.to(dev), labels.to(dev))
+                masked.to(dev), labels.to(dev), cfg["length_groups"])
         out["loss"] = cfg["contrastive_weight"] * out["loss_contrastive"] + cfg["mlm_weight"] * out["loss_mlm"]
         return out
 
@@ -185,7 +209,8 @@ def export_text_encoder(checkpoint: str | Path, dest: str | Path, tokenizer_dir:
     ck = read_checkpoint(checkpoint)
     args = ck["args"]
     tok = load_tokenizer(tokenizer_dir)
-    model = TextPretrainModel(_preset(args), len(tok), tok.pad_token_id, args["dropout"], args["init_std"])
+    model = TextPretrainModel(_preset(args), len(tok), tok.pad_token_id, args["dropout"], args["init_std"],
+                              args.get("attention_dropout"))
     model.load_state_dict(ck["model"])
     base = _preset(args)
     config = model.mlm.config
@@ -222,7 +247,8 @@ def main(argv: list[str] | None = None) -> int:
         if special_ids(tok).get("mask") is None:
             raise ValueError(f"{args.tokenizer}: the tokenizer has no [MASK] token (needed for MLM)")
         torch.manual_seed(cfg["seed"])  # same initial weights on every rank and every (re)start
-        model = TextPretrainModel(_preset(cfg), len(tok), tok.pad_token_id, cfg["dropout"], cfg["init_std"])
+        model = TextPretrainModel(_preset(cfg), len(tok), tok.pad_token_id, cfg["dropout"], cfg["init_std"],
+                                  cfg["attention_dropout"])
         task = build_task(args, cfg, tok, model, info)
         if info.is_main:
             stage.save_tokenizer(tok, Path(args.out) / "tokenizer")

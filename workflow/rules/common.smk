@@ -27,11 +27,13 @@ if threading.current_thread() is threading.main_thread():
     interrupts.forward_interrupt()
 
 
-def section(name):
+def section(name, job_keys=()):
     """A config section as canonical, shell-quoted JSON: every rule's ``cfg`` param (so a changed section reruns the
-    stage) and its command's ``--config-json`` (each key is the stage's option of the same name).
+    stage) and its command's ``--config-json`` (each key is the stage's option of the same name). ``job_keys``
+    configure the job (``threads``), not the stage, and are left out.
     """
-    return shlex.quote(json.dumps(config[name], sort_keys=True))
+    cfg = {k: v for k, v in config[name].items() if k not in job_keys}
+    return shlex.quote(json.dumps(cfg, sort_keys=True))
 
 
 def start_tracking(cfg):

@@ -10,15 +10,17 @@ checkpoint demo_data:
         "logs/demo_data/demo_data.bench.tsv"
     conda:
         "../../envs/alta.yaml"
+    threads: config["demo"].get("workers", 2)
     resources:
         runtime=30,
         mem_mb=4000,
     params:
         py=PY,
         root=lambda w, output: str(Path(output.truth).parent),
-        cfg=lambda w: section("demo"),
+        cfg=lambda w: section("demo", job_keys=("workers",)),
     shell:
-        "{params.py} -m alta.demo.dataset --out {params.root} --config-json {params.cfg} > {log} 2>&1"
+        "{params.py} -m alta.demo.dataset --out {params.root} --workers {threads} --config-json {params.cfg}"
+        " > {log} 2>&1"
 
 
 rule extract_shard:

@@ -35,7 +35,7 @@ rule evaluate:
         "logs/evaluate/evaluate.bench.tsv"
     conda:
         "../../envs/alta.yaml"
-    threads: 2
+    threads: config["evaluate"].get("threads", 2)
     resources:
         runtime=240,
         mem_mb=16000,
@@ -43,7 +43,7 @@ rule evaluate:
         py=PY,
         outdir=lambda w, output: str(Path(output.report).parent),
         extract=lambda w, input: str(Path(input.images).parent),
-        cfg=lambda w: section("evaluate"),
+        cfg=lambda w: section("evaluate", job_keys=("threads",)),
         models=eval_model_args,
         tok=tokenizer_dir,
         text_dir=lambda w: opt("--text-dir", text_dir()),
