@@ -88,7 +88,6 @@ _DEMO: dict[str, dict[str, Any]] = {
     # 0.247 / 0.260 / 0.233 (3.6x / 3.8x / 3.4x chance; MRM baseline 0.082; docs/results.md §1).
     "align": {"preset": "tiny", "batch_size": 8, "blr": 0.05, "warmup_epochs": 3, "schedule_epochs": 30,
               "max_epochs": 30, "num_workers": 0, "augment": False, "model_overrides": {"mask_ratio": 0.5},
-
               "model_options": {"inference_view_loss": True, "image_pooling": "patch_grid",
                                 "text_pooling": "token_mean", "exclude_missing_views": True}},
 }

@@ -2,7 +2,7 @@
 
 Usage (from the repository root)::
 
-    python -m bench.run [--quick] [--only extraction loader step_cost] [--out-dir bench] [--step-threads N]
+    python -m bench.run [--quick] [--only extraction loader step_cost text_stand_in] [--out-dir bench] [--step-threads N]
     python bench/run.py --quick --only extraction --out-dir /tmp/b
 
 Outputs in ``--out-dir`` (default ``bench/``): ``results.json`` ``{command, quick, started_utc, duration_s,
@@ -12,7 +12,7 @@ command). Inputs: ``../shared/data/dicom`` when present (skipped otherwise); eve
 temporary folder (``--workdir``) that is deleted afterwards unless ``--keep-workdir``.
 
 Per-core numbers: the thread variables of OpenMP/BLAS are set to 1 before numpy or torch are imported and the
-extraction and loader sections run with ``torch.set_num_threads(1)``; the step-cost section uses
+extraction, loader and text stand-in sections run with ``torch.set_num_threads(1)``; the step-cost section uses
 ``--step-threads`` (default 1) and records it. Measurements that are compared are interleaved round-robin,
 so load from other processes on a shared machine hits both sides of a ratio alike. ``--quick`` (smoke test,
 < 3 minutes) uses fewer and smaller files, fewer repeats, and one timed vit_base step; its numbers are noisier.
@@ -42,7 +42,7 @@ if __package__ in (None, ""):  # run as a script: make `bench` and `alta` import
 
 from bench import common  # noqa: E402
 
-SECTIONS = ("extraction", "loader", "step_cost")
+SECTIONS = ("extraction", "loader", "step_cost", "text_stand_in")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +75,11 @@ def _run_section(name: str, args, work: Path) -> dict:
 
         torch.set_num_threads(1)
         return loader.run(work, quick=args.quick)
+    if name == "text_stand_in":
+        from bench import text_stand_in
+
+        torch.set_num_threads(1)
+        return text_stand_in.run(quick=args.quick)
     from bench import step_cost
 
     threads = max(1, args.step_threads)
@@ -100,7 +105,7 @@ def write_outputs(out_dir: Path, result: dict) -> None:
         f"alta commit {v.get('alta_git_commit', 'unknown')[:12]}"
         + (" + uncommitted changes" if v.get("alta_git_dirty") else "") + ".", "",
         "Values are medians of repeated runs; ratios come from medians of the same run, timed round-robin. "
-        f"Extraction and loader run with one thread; step-cost torch threads: "
+        f"Extraction, loader and text stand-in run with one thread; step-cost torch threads: "
         f"{result['threads'].get('step_cost', 'n/a')}.", "",
         common.markdown_table(result["rows"]), "",
     ]

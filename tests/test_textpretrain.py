@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -132,3 +133,32 @@ def test_schema_sections_list_exactly_each_trainers_keys():
         props = set(schema["properties"][stage]["properties"]) - WORKFLOW_KEYS
         # `recipe` is chosen once, at the top level of the config, and handed to each stage
         assert props == set(defaults) - {"recipe"}, (stage, sorted(props ^ (set(defaults) - {"recipe"})))
+
+
+def test_a_rerun_on_changed_inputs_starts_afresh_instead_of_resuming(synth, tmp_path):
+    """last.pt is reused only for the same settings and the same input contents: after the reports change at the
+    same path, the rerun trains on the new ones (as a fresh run does), not from the weights of the old ones."""
+    import shutil
+
+    from alta import io
+
+    pairs = tmp_path / "pairs.parquet"
+    shutil.copyfile(synth.pairs, pairs)
+    s = SimpleNamespace(pairs=pairs, tok=synth.tok)
+    out, cfg = tmp_path / "tp", {"max_steps": 2, "schedule_epochs": 2, "max_epochs": 2}
+    assert _run(s, out, **cfg) == 0
+    first = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert _run(s, out, **cfg) == 0  # same inputs: resumes at the final step, the same weights
+    again = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert all(torch.equal(first["model"][k], again["model"][k]) for k in first["model"])
+
+    df = io.read_parquet(pairs)
+    df["text"] = df["text"].str.replace("effusion", "opacity", regex=False) + " Heart size is normal."
+    io.write_parquet(pairs, df)
+    assert _run(s, out, **cfg) == 0
+    changed = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
+    fresh = tmp_path / "fresh"
+    assert _run(s, fresh, **cfg) == 0
+    expected = torch.load(fresh / "checkpoint.pt", map_location="cpu", weights_only=False)
+    assert all(torch.equal(changed["model"][k], expected["model"][k]) for k in expected["model"])
+    assert any(not torch.equal(changed["model"][k], first["model"][k]) for k in first["model"])

@@ -149,10 +149,12 @@ def result_hash(config: dict) -> str:
     return io.config_hash({k: v for k, v in config.items() if k not in NON_RESULT_KEYS})
 
 
-def fit(task: Task, cfg: TrainConfig, config: dict, out_dir: str | Path, info: D.DistInfo, run=None) -> dict:
+def fit(task: Task, cfg: TrainConfig, config: dict, out_dir: str | Path, info: D.DistInfo, run=None,
+        input_digest: str | None = None) -> dict:
     """Train ``task.model`` to the final step; return a summary. ``config``: the run's full settings (saved in the
-    checkpoints, hashed for resume); ``run``: rank 0's tracking.StageRun (or None)."""
-    loop = _Loop(task, cfg, config, Path(out_dir), info, run)
+    checkpoints, hashed for resume); ``run``: rank 0's tracking.StageRun (or None); ``input_digest``: a hash of the
+    input files' contents (``stage.input_digest``), hashed for resume with the settings."""
+    loop = _Loop(task, cfg, config, Path(out_dir), info, run, input_digest)
     loop.resume()
     return loop.run()
 
@@ -162,7 +164,8 @@ class _Loop:
     step ``step`` (forward/backward of the micro-batches, one all_reduce of the non-finite and stop flags, the
     optimiser update) and ``end_of_step`` (logging, preemption, checkpoints, validation)."""
 
-    def __init__(self, task: Task, cfg: TrainConfig, config: dict, out: Path, info: D.DistInfo, run) -> None:
+    def __init__(self, task: Task, cfg: TrainConfig, config: dict, out: Path, info: D.DistInfo, run,
+                 input_digest: str | None = None) -> None:
         out.mkdir(parents=True, exist_ok=True)
         self.task, self.cfg, self.config, self.out, self.info, self.tracker = task, cfg, config, out, info, run
         self.device = torch.device(info.device)
@@ -176,7 +179,7 @@ class _Loop:
         self.spe = self.sampler.num_batches // cfg.accum_steps
         self.total = int(cfg.max_steps) if cfg.max_steps else int(round(cfg.max_epochs * self.spe))
         self.peak = cfg.blr * cfg.batch_size / 256
-        self.chash = result_hash(config)
+        self.chash = result_hash({**config, "input_digest": input_digest} if input_digest else config)
 
         torch.manual_seed(cfg.seed + info.rank)
         task.generator.manual_seed(cfg.seed * 1000 + info.rank + 1)
@@ -192,14 +195,14 @@ class _Loop:
 
     # -- resume ----------------------------------------------------------------------------------------------------
     def resume(self) -> None:
-        """Continue from ``last.pt`` when it was written under the same result-relevant config."""
+        """Continue from ``last.pt`` when it was written under the same result-relevant config and inputs."""
         if not self.last.exists():
             return
         from alta.models.checkpoints import read_checkpoint
 
         ck = read_checkpoint(self.last)
         if ck.get("config_hash") != self.chash:
-            log.warning("%s was written with another config (hash %s != %s); starting afresh", self.last,
+            log.warning("%s was written with other settings or inputs (hash %s != %s); starting afresh", self.last,
                         ck.get("config_hash"), self.chash)
             return
         self.model.load_state_dict(ck["model"])

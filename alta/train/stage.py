@@ -143,7 +143,8 @@ def train(stage: str, cfg: dict, inputs: dict, task, out_dir: str | Path, info: 
                     run.log_params({"effective": effective})
                     io.write_json(out / "effective_model.json", effective)
                     run.log_artifact(out / "effective_model.json")
-            summary = engine.fit(task, engine.TrainConfig.from_dict(cfg), config, out, info, run)
+            summary = engine.fit(task, engine.TrainConfig.from_dict(cfg), config, out, info, run,
+                                 input_digest=input_digest(inputs))
             if run is not None:
                 io.write_json(out / "train_summary.json", summary)
                 for name in ("train_summary.json", "tokenizer"):
@@ -199,6 +200,25 @@ def weight_files(**paths) -> dict:
             out[f"{key}_sha256"] = io.sha256_file(f)
             out[f"{key}_bytes"] = f.stat().st_size
     return out
+
+
+def input_digest(inputs: dict) -> str:
+    """One sha256 over the contents of every input file (directories: each file in them) that ``inputs`` names.
+
+    The engine resumes from ``last.pt`` only under the same settings *and* this digest: after an input changes
+    (re-extracted images, a retrained text stand-in, another MRM.pth at the same path) the rerun starts afresh
+    instead of continuing, or returning at once, from the weights trained on the old inputs."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(inputs.items()):
+        path = Path(str(p))
+        if p in (None, "none") or not path.exists():
+            continue
+        files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
+        for f in files:
+            h.update(f"{name}:{f.relative_to(path) if path.is_dir() else ''}:{io.sha256_file(f)}\n".encode())
+    return h.hexdigest()
 
 
 def save_tokenizer(tok, dest: Path) -> None:
