@@ -11,7 +11,9 @@ Contract:
   GLoRIA word-region score S(b,i), words beyond ``cap_lens[i]`` and regions where ``region_mask`` is False are
   excluded from the softmaxes / sums.
 - ``local_contrastive_loss(regions, words, cap_lens, log_scales, region_mask=None, gather=...)``: gathers all of
-  them in the same rank order, then symmetric CE on S (rows images, columns texts).
+  them in the same rank order, then symmetric CE on S (rows images, columns texts). Each rank's texts are padded to
+  its own batch's longest, so under real ranks ``words`` are first zero-padded to the longest over ranks
+  (:func:`pad_to_longest_across_ranks`): the padded words lie beyond ``cap_lens`` and change nothing.
 Both losses take a ``gather`` callable so that a multi-rank run can be simulated in a single process (tests).
 """
 
@@ -45,6 +47,22 @@ def gather_no_grad(x: torch.Tensor) -> torch.Tensor:
     parts = [torch.empty_like(x) for _ in range(world)]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts, dim=0)
+
+
+def pad_to_longest_across_ranks(x: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Zero-pad ``x`` along ``dim`` to the largest size of that dim over all ranks (identity on one rank).
+
+    all_gather needs the same shape on every rank; word features have each rank's own text length.
+    """
+    if _world_size() == 1:
+        return x
+    size = torch.tensor([x.shape[dim]], device=x.device)
+    dist.all_reduce(size, op=dist.ReduceOp.MAX)
+    missing = int(size.item()) - x.shape[dim]
+    if missing == 0:
+        return x
+    pad = [0, 0] * (x.dim() - 1 - dim) + [0, missing]  # F.pad lists the last dim first
+    return F.pad(x, pad)
 
 
 def _symmetric_ce(logits: torch.Tensor) -> torch.Tensor:
@@ -85,6 +103,8 @@ def local_contrastive_loss(regions: torch.Tensor, words: torch.Tensor, cap_lens:
                            log_scales: tuple[torch.Tensor, torch.Tensor, torch.Tensor],
                            region_mask: torch.Tensor | None = None, gather: Gather = gather_with_grad,
                            gather_side: Gather | None = None) -> torch.Tensor:
+    if gather is gather_with_grad:
+        words = pad_to_longest_across_ranks(words, dim=1)
     gather_side = gather_side or (gather_no_grad if gather is gather_with_grad else gather)
     all_regions, all_words = gather(regions), gather(words)
     all_lens = gather_side(cap_lens)
