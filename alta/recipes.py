@@ -66,7 +66,8 @@ _PUBLISHED: dict[str, dict[str, Any]] = {
                       "init_std": 0.02, "mlm_probability": 0.15, "mlm_replace": [0.8, 0.1, 0.1],
                       "mlm_weight": 1.0, "contrastive_weight": 1.0, "min_sentence_fraction": 0.5,
                       # the step's 3B sequences run as this many encoder passes over rows of similar length
-                      # (TextPretrainModel.encode): the same result with less padding, 1.6x faster on the demo
+                      # (TextPretrainModel.encode): the same result with less padding, 1.4x faster per step
+                      # (bench/results.md, text_stand_in)
                       "length_groups": 3},
 }
 
@@ -74,9 +75,10 @@ _PUBLISHED: dict[str, dict[str, Any]] = {
 _DEMO: dict[str, dict[str, Any]] = {
     # text stand-in: its own 100 epochs (1,700 updates of batch 16; final view-contrast loss 1.10, chance ln 16 =
     # 2.77) with no dropout on the attention probabilities (hidden dropout stays 0.1). Held-out image->text R@5 of
-    # align, seeds 0 / 1 / 2 (docs/results.md §1): this 0.247 / 0.315 / 0.274; 60 epochs without attention dropout
-    # 0.233 / 0.260 / 0.192; 60 epochs with it 0.192 / 0.137 / 0.123. Without attention dropout its step is 1.3x
-    # faster, so the 100 epochs take about what 60 did before (bench/results.md, text_stand_in).
+    # align, seeds 0 / 1 / 2 (docs/results.md §1): this 0.301 / 0.219 / 0.301 (0.247 / 0.315 / 0.274 with one align
+    # thread); 60 epochs without attention dropout 0.233 / 0.260 / 0.192; 60 epochs with it 0.192 / 0.137 / 0.123.
+    # Without attention dropout its step is 1.3x faster, so the 100 epochs take about what 60 did before
+    # (bench/results.md, text_stand_in).
     "text_pretrain": {"preset": "tiny", "attention_dropout": 0.0},
     # tiny models from scratch on ~500 images: a larger base lr; 20 epochs (97 s cpu on one thread). At this scale
     # the MRM initialisation does not help alignment: align (batch 8, 30 epochs, seed 0) from a random image encoder
@@ -87,7 +89,7 @@ _DEMO: dict[str, dict[str, Any]] = {
     # epochs; patch_grid pooling at blr 0.05 (lr 0.0016): a mean over the 8x8 patch grid loses where a finding is
     # (left or right effusion, heart width), and with patch_mean at blr 0.2 the global loss sat at ln 8 for ~13
     # epochs and seeds 0 / 1 / 2 scored R@5 0.137 / 0.123 / 0.192 (73 test studies, chance 0.068). This recipe:
-    # 0.247 / 0.260 / 0.233 (3.6x / 3.8x / 3.4x chance; MRM baseline 0.082; docs/results.md §1).
+    # 0.301 / 0.219 / 0.301 (4.4x / 3.2x / 4.4x chance; MRM baseline 0.041; docs/results.md §1).
     "align": {"preset": "tiny", "batch_size": 8, "blr": 0.05, "warmup_epochs": 3, "schedule_epochs": 30,
               "max_epochs": 30, "num_workers": 0, "augment": False, "model_overrides": {"mask_ratio": 0.5},
               "model_options": {"inference_view_loss": True, "image_pooling": "patch_grid",
