@@ -265,3 +265,32 @@ def test_sigkill_mid_training_then_rerun_resumes_to_the_same_final_step(synth, t
     final = torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=False)
     assert final["step"] == 12
     assert [h["step"] for h in final["history"]][-1] == 12
+
+
+def test_input_digest_reads_small_files_and_fingerprints_large_ones(tmp_path, monkeypatch):
+    """Small inputs enter the resume digest by content; a file above the limit (an image store) by size and mtime,
+    so a job start does not read a store of tens of GB on every rank."""
+    from alta.train import stage
+
+    monkeypatch.setattr(stage, "CONTENT_DIGEST_MAX_BYTES", 16)
+    images = tmp_path / "extract"
+    (images / "shards").mkdir(parents=True)
+    table, store = images / "images.parquet", images / "shards" / "store.u8"
+    table.write_bytes(b"rows v1")
+    store.write_bytes(b"\x00" * 64)
+    inputs = {"images": str(images), "tokenizer": str(tmp_path / "absent")}
+    before = stage.input_digest(inputs)
+    assert stage.input_digest(inputs) == before
+
+    table.write_bytes(b"rows v2")  # a small file: a new content is a new digest, whatever its mtime
+    os.utime(table, ns=(store.stat().st_mtime_ns,) * 2)
+    assert stage.input_digest(inputs) != before
+    table.write_bytes(b"rows v1")
+    assert stage.input_digest(inputs) == before  # the same bytes again: the same digest
+
+    st = store.stat()
+    store.write_bytes(b"\x01" * 64)  # same size, restored mtime: a large file is not read
+    os.utime(store, ns=(st.st_atime_ns, st.st_mtime_ns))
+    assert stage.input_digest(inputs) == before
+    os.utime(store, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # rewritten later: a new digest
+    assert stage.input_digest(inputs) != before

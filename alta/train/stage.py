@@ -202,13 +202,26 @@ def weight_files(**paths) -> dict:
     return out
 
 
-def input_digest(inputs: dict) -> str:
-    """One sha256 over the contents of every input file (directories: each file in them) that ``inputs`` names.
+# Files up to this size are hashed by content; larger ones (an image store of a MIMIC shard is tens of GB, MRM.pth
+# hundreds of MB) by size and modification time, so that a job start does not read the whole store on every rank.
+CONTENT_DIGEST_MAX_BYTES = 64 << 20
 
-    The engine resumes from ``last.pt`` only under the same settings *and* this digest: after an input changes
-    (re-extracted images, a retrained text stand-in, another MRM.pth at the same path) the rerun starts afresh
-    instead of continuing, or returning at once, from the weights trained on the old inputs."""
+
+def input_digest(inputs: dict) -> str:
+    """One sha256 over every input file (directories: each file in them) that ``inputs`` names.
+
+    A file of up to ``CONTENT_DIGEST_MAX_BYTES`` enters by its contents, a larger one by its size and modification
+    time (any rewrite, re-extraction or copy without preserved times changes them). The engine resumes from
+    ``last.pt`` only under the same settings *and* this digest: after an input changes (re-extracted images, a
+    retrained text stand-in, another MRM.pth at the same path) the rerun starts afresh instead of continuing, or
+    returning at once, from the weights trained on the old inputs."""
     import hashlib
+
+    def fingerprint(f: Path) -> str:
+        st = f.stat()
+        if st.st_size <= CONTENT_DIGEST_MAX_BYTES:
+            return io.sha256_file(f)
+        return f"size={st.st_size},mtime_ns={st.st_mtime_ns}"
 
     h = hashlib.sha256()
     for name, p in sorted(inputs.items()):
@@ -217,7 +230,7 @@ def input_digest(inputs: dict) -> str:
             continue
         files = sorted(f for f in path.rglob("*") if f.is_file()) if path.is_dir() else [path]
         for f in files:
-            h.update(f"{name}:{f.relative_to(path) if path.is_dir() else ''}:{io.sha256_file(f)}\n".encode())
+            h.update(f"{name}:{f.relative_to(path) if path.is_dir() else ''}:{fingerprint(f)}\n".encode())
     return h.hexdigest()
 
 
