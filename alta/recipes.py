@@ -66,7 +66,8 @@ _PUBLISHED: dict[str, dict[str, Any]] = {
                       "init_std": 0.02, "mlm_probability": 0.15, "mlm_replace": [0.8, 0.1, 0.1],
                       "mlm_weight": 1.0, "contrastive_weight": 1.0, "min_sentence_fraction": 0.5,
                       # the step's 3B sequences run as this many encoder passes over rows of similar length
-                      # (TextPretrainModel.encode): the same result with less padding, 1.4x faster per step
+                      # (TextPretrainModel.encode): the same computation with less padding (dropout masks are
+                      # drawn per pass), 1.4x faster per step
                       # (bench/results.md, text_stand_in)
                       "length_groups": 3},
 }

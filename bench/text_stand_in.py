@@ -93,7 +93,7 @@ def run(quick: bool = False) -> dict:
     rows = [row(SECTION, f"tiny text stand-in step, {k}", v, "ms/step",
                 f"batch {BATCH}, median of {len(times[k]['runs_s'])}") for k, v in ms.items()]
     rows += [row(SECTION, "length groups: speed-up", ratio(base, ms["length groups"]), "x",
-                 "same losses and gradients (tests/test_textpretrain.py)"),
+                 "same losses and gradients without dropout (tests/test_textpretrain.py)"),
              row(SECTION, "length groups + no attention dropout: speed-up",
                  ratio(base, ms["+ no attention dropout"]), "x", "the demo recipe")]
     details = {"texts": len(texts), "tokens_median": float(np.median(lengths)), "tokens_max": int(max(lengths)),

@@ -238,6 +238,15 @@ def test_mrm_dataset_counts_and_prefix(synth, tok):
     b = D.Collator(tok, 20, prefix_cls=True)([ds[i] for i in range(3)])
     assert b["image"].shape == (3, 128, 128)
     assert (b["input_ids"][:, 0] == tok.cls_token_id).all() and not (b["input_ids"] == tok.sep_token_id).any()
+    # MRM's collator pads to max_length (its masking and faithful loss depend on the padded length), not to the
+    # batch's longest as align's does
+    from alta.train import mrm
+
+    samples = [ds[i] for i in range(3)]
+    longest = max(len(tok(f"{tok.cls_token} {s['text']}", add_special_tokens=False)["input_ids"]) for s in samples)
+    assert longest < 100
+    assert D.Collator(tok, 100, prefix_cls=True)(samples)["input_ids"].shape == (3, longest)
+    assert mrm.mrm_collator(tok, 100)(samples)["input_ids"].shape == (3, 100)
 
 
 def test_missing_image_is_a_clear_error(synth):

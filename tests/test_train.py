@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 import torch
 
@@ -294,3 +295,28 @@ def test_input_digest_reads_small_files_and_fingerprints_large_ones(tmp_path, mo
     assert stage.input_digest(inputs) == before
     os.utime(store, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # rewritten later: a new digest
     assert stage.input_digest(inputs) != before
+
+
+@pytest.mark.parametrize("stage_name", ["align", "mrm"])
+def test_training_stages_put_their_image_stores_in_the_resume_digest(synth, tmp_path, stage_name):
+    """The packed stores are read besides --images: re-extracted pixels under an unchanged images table must still
+    change the digest that decides whether last.pt is resumed."""
+    import importlib
+    import shutil
+
+    from alta.train import stage
+
+    module = importlib.import_module(f"alta.train.{stage_name}")
+    extract = tmp_path / "extract"
+    shutil.copytree(synth.extract, extract)
+    s = SimpleNamespace(pairs=synth.pairs, images=synth.images, extract=extract, tok=synth.tok)
+    task = _task(module, _args(s, tmp_path / "out"), {**module.DEFAULTS, **SMALL}, D.detect({}))
+    images = pd.read_parquet(synth.images)
+    assert sorted(task.input_files.values()) == sorted({extract / f for f in images["store_file"]})
+    inputs = {"pairs": str(s.pairs), "images": str(s.images)}
+    before = stage.input_digest({**inputs, **task.input_files})
+    store = extract / images["store_file"].iloc[0]
+    data = bytearray(store.read_bytes())
+    data[0] ^= 0xFF  # one pixel re-rendered; the table is the same
+    store.write_bytes(bytes(data))
+    assert stage.input_digest({**inputs, **task.input_files}) != before

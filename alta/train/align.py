@@ -101,7 +101,8 @@ def build_task(args, cfg: dict, tok, model, info):
     text_dir = None if args.text_dir in (None, "none") else args.text_dir
     return Task(model=model, dataset=ds, groups=ds.study, collate=collate, forward=forward,
                 param_groups=lambda m: param_groups(m, weight_decay=cfg["weight_decay"]),
-                generator=gen, after_step=lambda m: m.clamp_logit_scales(), validate=validate,
+                input_files=ds.store.files(), generator=gen, after_step=lambda m: m.clamp_logit_scales(),
+                validate=validate,
                 meta={"preset": cfg["preset"], "mode": cfg["mode"], "tokenizer_dir": "tokenizer",
                       "stage": "align", "inputs": stage.weight_files(mrm_weights=args.mrm_weights, text_dir=text_dir)})
 

@@ -50,7 +50,7 @@ log = logging.getLogger("alta.train.engine")
 # max_steps / max_epochs only say where to stop (the schedule depends on schedule_epochs), so a rerun with a larger
 # value continues the same run.
 NON_RESULT_KEYS = {"num_workers", "log_every", "ckpt_every", "save_every_epochs", "eval_every_epochs",
-                   "val_max_rows", "max_steps", "max_epochs", "length_groups"}
+                   "val_max_rows", "max_steps", "max_epochs"}
 
 
 @dataclass
@@ -106,6 +106,7 @@ class Task:
     after_step: Callable[[torch.nn.Module], None] | None = None
     validate: Callable[[torch.nn.Module], dict[str, float] | None] | None = None  # {"metric": name, "value": v}
     meta: dict = field(default_factory=dict)  # preset, mode, tokenizer_dir, args (saved in checkpoints)
+    input_files: dict = field(default_factory=dict)  # name -> path read besides the stage's inputs (image stores)
 
 
 def lr_at(step: int, steps_per_epoch: int, peak: float, warmup_epochs: float, schedule_epochs: float) -> float:

@@ -20,7 +20,8 @@ What a sample is
   view filter), the central square of side ``short side``; the study's text.
 
 Batches (:class:`Collator`): ``views`` uint8 (B,4,C,C) or ``image`` uint8 (B,C,C), ``present`` bool (B,4),
-``input_ids``/``attention_mask`` int64 (B, max_length), ``index`` int64 (B,). Resizing, augmentation and
+``input_ids``/``attention_mask`` int64 (B, T) with T the batch's longest text, at most ``max_length`` (MRM:
+T = ``max_length``), ``index`` int64 (B,). Resizing, augmentation and
 normalisation happen on the training device (alta.train.augment).
 
 :class:`StudyBatchSampler` builds global batches (per-rank batch x world size) from a (seed, epoch) permutation;
@@ -68,6 +69,10 @@ class ImageStore:
         self.h = images["height"].to_numpy(np.int64)
         self.w = images["width"].to_numpy(np.int64)
         self._mm: dict[str, np.memmap] = {}
+
+    def files(self) -> dict[str, Path]:
+        """The store files the table points at, by their ``store_file`` name (for the resume digest)."""
+        return {f"store_file:{f}": self.extract_dir / f for f in sorted(set(self.file))}
 
     def __getstate__(self):  # memmaps are reopened in each worker process
         return {k: v for k, v in self.__dict__.items() if k != "_mm"} | {"_mm": {}}
@@ -207,19 +212,23 @@ class MrmDataset(torch.utils.data.Dataset):
 
 class Collator:
     """Stack uint8 images and tokenise the batch's texts in one call: cut at ``max_length``, padded to the batch's
-    longest text (every model masks padding, so padding further only costs compute: align ran 12 % faster).
+    longest text (ALTA and the text stand-in mask padding everywhere, so padding further only costs compute: align
+    ran 12 % faster).
 
     ``prefix_cls`` (MRM, docs/method.md §1.2): prepend the string "[CLS] " and tokenise without the tokenizer's own
-    special-token template, so the sequence is ``[CLS] report…`` with no [SEP].
+    special-token template, so the sequence is ``[CLS] report…`` with no [SEP]. ``pad_to_max_length`` (MRM): pad
+    every batch to ``max_length``, as the method does; MRM's report masking spares the last position and its
+    ``faithful`` loss averages over every position, pads included, so its result depends on the padded length.
     """
 
-    def __init__(self, tokenizer, max_length: int, prefix_cls: bool = False):
+    def __init__(self, tokenizer, max_length: int, prefix_cls: bool = False, pad_to_max_length: bool = False):
         self.tok, self.max_length, self.prefix_cls = tokenizer, max_length, prefix_cls
+        self.padding = "max_length" if pad_to_max_length else "longest"
 
     def tokenize(self, texts: list[str]) -> dict[str, torch.Tensor]:
         if self.prefix_cls:
             texts = [f"{self.tok.cls_token} {t}" for t in texts]
-        enc = self.tok(texts, max_length=self.max_length, padding="longest", truncation=True,
+        enc = self.tok(texts, max_length=self.max_length, padding=self.padding, truncation=True,
                        add_special_tokens=not self.prefix_cls, return_tensors="pt", return_token_type_ids=False)
         return {"input_ids": enc["input_ids"].long(), "attention_mask": enc["attention_mask"].long()}
 

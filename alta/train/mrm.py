@@ -54,6 +54,11 @@ def mrm_texts(pairs, text_source: str, sections_path: str | None) -> dict[str, s
     raise ValueError(f"text_source must be findings_impression or full_report, not {text_source!r}")
 
 
+def mrm_collator(tok, max_length: int) -> altadata.Collator:
+    """``[CLS] report`` without [SEP], padded to ``max_length`` in every batch (§1.2; see :class:`Collator`)."""
+    return altadata.Collator(tok, max_length, prefix_cls=True, pad_to_max_length=True)
+
+
 def build_task(args, cfg: dict, tok, model, info):
     """The training split's images with their texts and the step's forward (augmentation on the device)."""
     from alta.models.build import param_groups
@@ -69,8 +74,9 @@ def build_task(args, cfg: dict, tok, model, info):
     def forward(m, batch, dev):
         return m(aug(batch["image"], dev), batch["input_ids"].to(dev), batch["attention_mask"].to(dev))
 
-    return Task(model=model, dataset=ds, groups=ds.study, collate=altadata.Collator(tok, cfg["max_length"], True),
-                forward=forward, generator=gen,
+    collate = mrm_collator(tok, cfg["max_length"])
+    return Task(model=model, dataset=ds, groups=ds.study, collate=collate, forward=forward, generator=gen,
+                input_files=ds.store.files(),
                 param_groups=lambda m: param_groups(m, weight_decay=cfg["weight_decay"]),
                 meta={"preset": cfg["preset"], "mode": cfg["mode"], "tokenizer_dir": "tokenizer", "stage": "mrm",
                       "dataset": ds.stats})

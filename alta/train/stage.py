@@ -143,8 +143,10 @@ def train(stage: str, cfg: dict, inputs: dict, task, out_dir: str | Path, info: 
                     run.log_params({"effective": effective})
                     io.write_json(out / "effective_model.json", effective)
                     run.log_artifact(out / "effective_model.json")
+            # rank 0 reads the inputs once and every rank takes its digest, so that all ranks agree on resuming
+            digest = D.broadcast_object(input_digest({**inputs, **task.input_files}) if info.is_main else None)
             summary = engine.fit(task, engine.TrainConfig.from_dict(cfg), config, out, info, run,
-                                 input_digest=input_digest(inputs))
+                                 input_digest=digest)
             if run is not None:
                 io.write_json(out / "train_summary.json", summary)
                 for name in ("train_summary.json", "tokenizer"):
@@ -202,8 +204,8 @@ def weight_files(**paths) -> dict:
     return out
 
 
-# Files up to this size are hashed by content; larger ones (an image store of a MIMIC shard is tens of GB, MRM.pth
-# hundreds of MB) by size and modification time, so that a job start does not read the whole store on every rank.
+# Files up to this size are hashed by content; larger ones (the image store of a MIMIC shard is GBs, MRM.pth
+# hundreds of MB) by size and modification time, so that a job start does not read every store.
 CONTENT_DIGEST_MAX_BYTES = 64 << 20
 
 

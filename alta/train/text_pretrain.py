@@ -53,7 +53,7 @@ class TextPretrainModel(nn.Module):
 
     ``forward(view_a, view_b, masked_ids, labels, length_groups)`` with ``view_*`` = (ids (B,T), attention_mask
     (B,T)) and the MLM corruption ``masked_ids``/``labels`` of ``view_b``: returns ``dict(loss_contrastive, loss_mlm,
-    logit_scale)``. ``length_groups`` only changes how the encoder is batched (:meth:`encode`), not the result.
+    logit_scale)``. ``length_groups`` only changes how the encoder is batched (:meth:`encode`), not the computation.
     """
 
     def __init__(self, cfg, vocab_size: int, pad_token_id: int, dropout: float, init_std: float,
@@ -78,9 +78,11 @@ class TextPretrainModel(nn.Module):
         """BERT's last hidden states (N, T, H) for the rows of ``ids``, run as ``length_groups`` passes over rows of
         similar length, each cut after its group's last attended position (zeros beyond it).
 
-        Rows never attend to each other in BERT, so the result is that of one padded pass over all rows; the point is
-        the padding: report views vary several-fold in length, and a batch padded to its longest view spent over
-        a third of the demo's stand-in training on pad tokens."""
+        Rows never attend to each other in BERT, so without dropout the result is that of one padded pass over all
+        rows; with dropout the masks are drawn per group, so it is the same in distribution, not bit for bit (and
+        ``length_groups`` is part of the resume hash). The point is the padding: report views vary several-fold in
+        length, and a batch padded to its longest view spent over a third of the demo's stand-in training on pad
+        tokens."""
         n, T = ids.shape
         order = torch.argsort(attention_mask.sum(1), stable=True)
         parts = []
