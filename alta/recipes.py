@@ -76,8 +76,8 @@ _PUBLISHED: dict[str, dict[str, Any]] = {
 _DEMO: dict[str, dict[str, Any]] = {
     # text stand-in: its own 100 epochs (1,700 updates of batch 16; final view-contrast loss 1.10, chance ln 16 =
     # 2.77) with no dropout on the attention probabilities (hidden dropout stays 0.1). Held-out image->text R@5 of
-    # align, seeds 0 / 1 / 2 (docs/results.md §1): this 0.301 / 0.219 / 0.301 (0.247 / 0.315 / 0.274 with one align
-    # thread); 60 epochs without attention dropout 0.233 / 0.260 / 0.192; 60 epochs with it 0.192 / 0.137 / 0.123.
+    # align, seeds 0 / 1 / 2 (docs/results.md §1): this 0.288 / 0.274 / 0.274; 60 epochs without attention dropout
+    # 0.233 / 0.260 / 0.192; 60 epochs with it 0.192 / 0.137 / 0.123 (both with MRM texts padded per batch).
     # Without attention dropout its step is 1.3x faster, so the 100 epochs take about what 60 did before
     # (bench/results.md, text_stand_in).
     "text_pretrain": {"preset": "tiny", "attention_dropout": 0.0},
@@ -90,7 +90,7 @@ _DEMO: dict[str, dict[str, Any]] = {
     # epochs; patch_grid pooling at blr 0.05 (lr 0.0016): a mean over the 8x8 patch grid loses where a finding is
     # (left or right effusion, heart width), and with patch_mean at blr 0.2 the global loss sat at ln 8 for ~13
     # epochs and seeds 0 / 1 / 2 scored R@5 0.137 / 0.123 / 0.192 (73 test studies, chance 0.068). This recipe:
-    # 0.301 / 0.219 / 0.301 (4.4x / 3.2x / 4.4x chance; MRM baseline 0.041; docs/results.md §1).
+    # 0.288 / 0.274 / 0.274 (4.2x / 4.0x / 4.0x chance; MRM baseline 0.055; docs/results.md §1).
     "align": {"preset": "tiny", "batch_size": 8, "blr": 0.05, "warmup_epochs": 3, "schedule_epochs": 30,
               "max_epochs": 30, "num_workers": 0, "augment": False, "model_overrides": {"mask_ratio": 0.5},
               "model_options": {"inference_view_loss": True, "image_pooling": "patch_grid",
