@@ -67,8 +67,7 @@ _PUBLISHED: dict[str, dict[str, Any]] = {
                       "mlm_weight": 1.0, "contrastive_weight": 1.0, "min_sentence_fraction": 0.5,
                       # the step's 3B sequences run as this many encoder passes over rows of similar length
                       # (TextPretrainModel.encode): the same computation with less padding (dropout masks are
-                      # drawn per pass), 1.4x faster per step
-                      # (bench/results.md, text_stand_in)
+                      # drawn per pass), 1.4x faster per step (bench/results.md, text_stand_in)
                       "length_groups": 3},
 }
 
